@@ -5,23 +5,105 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Literal
+
+import trio
+
+from gatewayd import logs
+
+DEFAULT_CONFIG = "/etc/gatewayd/gatewayd.yaml"
+
+
+def _duration(text: str) -> float:
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    for suffix in ("ms", "s", "m", "h", "d"):
+        if text.endswith(suffix) and text[: -len(suffix)].replace(".", "", 1).isdigit():
+            return float(text[: -len(suffix)]) * units[suffix]
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (e.g. 500ms, 30s, 5m)"
+        ) from None
 
 
 def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse ``argv`` (without the program name) into a namespace; testable without a subprocess."""
+    """Parse ``argv`` (without the program name); testable without a subprocess."""
     parser = argparse.ArgumentParser(prog="gatewayd", description="SMPP routing daemon")
+    parser.add_argument("--log-format", choices=["json", "text"], default=None)
+    parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sim = sub.add_parser("simulate", help="run the built-in SMSC simulator")
     sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=2775)
+    sim.add_argument("--port", type=int, default=2775, help="0 picks a free port")
+    sim.add_argument("--system-id", default="gatewayd-sim")
+    sim.add_argument("--password", default=None, help="accept binds only with this password")
+    sim.add_argument("--mo", type=int, default=0, help="MOs to send at the first receiver bind")
+    sim.add_argument("--from", dest="mo_from", default="447700900001")
+    sim.add_argument("--to", dest="mo_to", default="12345")
+    sim.add_argument("--text", default="TEXT", help="MO texts are 'TEXT 1'..'TEXT N'")
+    sim.add_argument("--data-coding", type=int, default=0)
+    sim.add_argument("--window", type=int, default=10)
+    sim.add_argument("--rate", type=float, default=0.0, help="MOs per second (0: unlimited)")
+    sim.add_argument("--dlr-status", default="DELIVRD")
+    sim.add_argument("--dlr-delay", type=_duration, default=1.0)
+    sim.add_argument("--resend-delay", type=_duration, default=5.0)
+    sim.add_argument("--log", default=None, help="JSON lines of what it received ('-': stdout)")
 
     dec = sub.add_parser("decode", help="decode hex PDUs (arguments or stdin) to JSON events")
-    dec.add_argument("hex", nargs="*", help="PDUs in hex; read lines from stdin if none")
+    dec.add_argument("hex", nargs="*", help="PDUs in hex; lines from stdin if none")
+
+    chk = sub.add_parser("check", help="validate a config file")
+    chk.add_argument("--config", default=DEFAULT_CONFIG)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parseargs(argv)
-    print(f"gatewayd {args.command}: not implemented yet", file=sys.stderr)
+    fmt: Literal["json", "text"] = args.log_format or ("text" if sys.stderr.isatty() else "json")
+    logs.configure(fmt, args.log_level)
+    try:
+        if args.command == "simulate":
+            return _simulate(args)
+        if args.command == "decode":
+            from gatewayd import decode
+
+            return decode.main(args.hex, sys.stdin, sys.stdout)
+        if args.command == "check":
+            from gatewayd import config
+
+            return config.check_main(args.config, sys.stdout)
+    except KeyboardInterrupt:
+        return 130
+    print(f"gatewayd {args.command}: not implemented", file=sys.stderr)
     return 2
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from gatewayd.smpp.simulator import SimulatorSettings, run_simulator
+
+    settings = SimulatorSettings(
+        host=args.host,
+        port=args.port,
+        system_id=args.system_id,
+        password=args.password,
+        mo=args.mo,
+        mo_from=args.mo_from,
+        mo_to=args.mo_to,
+        text=args.text,
+        data_coding=args.data_coding,
+        window=args.window,
+        rate=args.rate,
+        dlr_status=args.dlr_status,
+        dlr_delay=args.dlr_delay,
+        resend_delay=args.resend_delay,
+    )
+    if args.log == "-":
+        trio.run(run_simulator, settings, sys.stdout, sys.stdout)
+    elif args.log:
+        with open(args.log, "a", encoding="utf-8") as log_file:
+            trio.run(run_simulator, settings, sys.stdout, log_file)
+    else:
+        trio.run(run_simulator, settings, sys.stdout, None)
+    return 0

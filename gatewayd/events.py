@@ -89,6 +89,10 @@ class MoMessage:
     message_class: MessageClass
     received_at: dt.datetime
     smsc_timestamp: str = ""  # schedule/validity or carrier timestamp, used for duplicate detection
+    # "text": ``text`` holds the message; "binary" (data_coding 2/4 or 8-bit DCS) and
+    # "unknown" (a data_coding we cannot read): ``text`` is empty, ``raw`` keeps the bytes.
+    content: Literal["text", "binary", "unknown"] = "text"
+    parts_received: int | None = None  # set when complete is False: how many of ``parts`` came
     type: Literal["mo"] = "mo"
 
 
