@@ -1,0 +1,528 @@
+"""``type: url`` destinations, and per-message status URLs given by API clients.
+
+Each attempt is one request; what happened becomes an :class:`AttemptResult`, never an
+exception. The outcome rules (issue 4):
+
+- the configured ``success`` statuses (default: any 2xx) -> DELIVERED;
+- any other status, a timeout or a transport error -> RETRY, with ``Retry-After``
+  (seconds or an HTTP-date) in ``retry_after``. That includes 4xx other than 408/429:
+  the seeds' providers retry every failed push on their schedule, and a receiver's
+  misconfiguration (401 after a key rotation, 404 during a deploy) is usually fixed
+  within the retry window; the dispatcher dead-letters after the last attempt;
+- a request we cannot even build (unknown placeholder, header with CR/LF, a URL that
+  does not parse, an unsupported scheme, a status URL that resolves to a blocked
+  address) -> PERMANENT: retrying cannot help.
+
+Errors and targets never carry secrets: URL userinfo is stripped from ``target`` and
+every credential (auth settings, configured header values, the JWT, URL passwords) is
+redacted from error text.
+
+HTTP clients: one small ``httpx.AsyncClient`` per destination, its pool sized to the
+destination's concurrency (httpcore 1.0.9's pool does O(N^2) work per request, so one
+big shared pool collapses under load: ``STACK.md``). ``follow_redirects=False`` (a 3xx
+is a failure: it is not in the success set) and ``trust_env=False`` (no proxy or .netrc
+from the environment: what is sent is what the config says).
+
+Status URLs (issue 5) come from API clients, so :class:`StatusUrlDelivery` connects only
+to addresses that are globally routable unless an allow-list admits them. The check runs
+in the network backend at connect time on the address actually connected to, after our
+own DNS resolution, so DNS rebinding cannot slip a private address past it; httpcore
+still sends ``Host`` and TLS SNI for the name in the URL.
+
+Exception map (all caught in :func:`perform`)::
+
+    httpx.TimeoutException, total deadline   -> RETRY  "timeout ..."
+    httpx.TransportError (connect, read, ...) -> RETRY  "<ExceptionName>: ..."
+      ... caused by BlockedAddress            -> PERMANENT
+    httpx.UnsupportedProtocol, InvalidURL     -> PERMANENT
+    payloads.UnknownPlaceholder, HeaderError  -> PERMANENT
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import ipaddress
+import math
+import ssl
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Literal
+
+import httpcore
+import httpx
+import trio
+
+from gatewayd.config import BasicAuth, BearerAuth, JwtAuth, UrlDestination
+from gatewayd.destinations.base import AttemptResult, Job, Outcome
+from gatewayd.events import Event
+from gatewayd.payloads import (
+    HeaderError,
+    PreparedRequest,
+    UnknownPlaceholder,
+    build_request,
+    compose,
+    default_json,
+)
+
+EXCERPT_BYTES = 1024  # response_excerpt bound
+REDACTED = "<redacted>"
+
+WallClock = Callable[[], float]
+ClientFactory = Callable[[UrlDestination], httpx.AsyncClient]
+
+
+# --- shared helpers -----------------------------------------------------------------------
+
+
+def public_target(url: str) -> str:
+    """``url`` without userinfo (``https://user:pass@host/`` -> ``https://host/``)."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """``Retry-After`` (RFC 9110 §10.2.3) as seconds from ``now``: delta-seconds or HTTP-date."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(int(value))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+MIN_SECRET = 4  # shorter "secrets" would shred every message and protect nothing
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """Replace every occurrence of each secret (longest first) in ``text``."""
+    for secret in sorted({s for s in secrets if len(s) >= MIN_SECRET}, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def _request_secrets(request: PreparedRequest, extra: Iterable[str]) -> list[str]:
+    found = list(extra)
+    for name, value in request.redacted_headers():
+        if value == REDACTED:
+            raw = request.header(name) or ""
+            found.append(raw)
+            found.extend(raw.split(None, 1)[1:])  # the credential after "Bearer "/"Basic "
+    password = urllib.parse.urlsplit(request.url).password
+    if password:
+        found.extend((password, urllib.parse.unquote(password)))
+    return found
+
+
+def config_secrets(config: UrlDestination) -> list[str]:
+    """Every credential a destination's config holds."""
+    found = list(config.headers.values())
+    auth = config.auth
+    if isinstance(auth, BasicAuth):
+        found.append(auth.password)
+    elif isinstance(auth, BearerAuth):
+        found.append(auth.token)
+    elif isinstance(auth, JwtAuth):
+        found.append(auth.secret)
+    password = urllib.parse.urlsplit(config.url).password
+    if password:
+        found.extend((password, urllib.parse.unquote(password)))
+    return found
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message``, plus the root cause (httpx often wraps an empty message around
+    e.g. ``SSLCertVerificationError``)."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    root: BaseException = exc
+    for _ in range(8):
+        inner = root.__cause__ or root.__context__
+        if isinstance(root, BaseExceptionGroup) and root.exceptions:
+            inner = root.exceptions[0]  # trio's "all attempts to connect failed"
+        if inner is None:
+            break
+        root = inner
+    if root is not exc and str(root) and str(root) not in text:
+        text += f" ({type(root).__name__}: {root})"
+    return text
+
+
+def _is_success(status: int, success: frozenset[int] | None) -> bool:
+    return 200 <= status < 300 if success is None else status in success
+
+
+async def perform(
+    client: httpx.AsyncClient,
+    request: PreparedRequest,
+    *,
+    time_limit: float,
+    success: frozenset[int] | None = None,
+    wall_clock: WallClock = time.time,
+    secrets: Iterable[str] = (),
+) -> AttemptResult:
+    """Send ``request`` once within ``time_limit`` seconds (in total) and judge the answer."""
+    secret_list = _request_secrets(request, secrets)
+    target = public_target(request.url)
+    url = request.url
+    if request.header("Authorization") is not None:
+        url = target  # explicit auth wins over userinfo (httpx would turn that into Basic)
+    start = trio.current_time()
+
+    def result(
+        outcome: Outcome,
+        *,
+        status_code: int | None = None,
+        error: str = "",
+        response_excerpt: str = "",
+        retry_after: float | None = None,
+    ) -> AttemptResult:
+        return AttemptResult(
+            outcome=outcome,
+            target=target,
+            status_code=status_code,
+            latency_ms=(trio.current_time() - start) * 1000.0,
+            error=redact(error, secret_list),
+            response_excerpt=response_excerpt,
+            retry_after=retry_after,
+        )
+
+    status: int | None = None
+    body = bytearray()
+    headers: httpx.Headers | None = None
+    try:
+        with trio.move_on_after(time_limit) as scope:
+            http_request = client.build_request(
+                request.method,
+                url,
+                headers=list(request.headers),
+                content=request.body or None,
+            )
+            response = await client.send(http_request, stream=True)
+            try:
+                status = response.status_code
+                headers = response.headers
+                # Drain the body (so the connection can be reused) within the deadline but
+                # keep only the start. (Breaking out of httpx's nested async generators
+                # would leave them to the garbage collector.)
+                async for chunk in response.aiter_bytes():
+                    if len(body) < EXCERPT_BYTES:
+                        body += chunk[: EXCERPT_BYTES - len(body)]
+            finally:
+                await response.aclose()
+        # Once a status line has arrived the receiver has decided: a body cut short by the
+        # deadline or a dropped connection does not change the outcome.
+        if scope.cancelled_caught and status is None:
+            return result(Outcome.RETRY, error=f"timeout: no response within {time_limit:g}s")
+    except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+        return result(Outcome.PERMANENT, error=_describe(exc))
+    except httpx.TimeoutException as exc:
+        if status is None:
+            return result(Outcome.RETRY, error=f"timeout: {_describe(exc)}")
+    except httpx.TransportError as exc:
+        if isinstance(exc.__cause__, BlockedAddress):
+            return result(Outcome.PERMANENT, error=f"blocked: {exc.__cause__}")
+        if status is None:
+            return result(Outcome.RETRY, error=_describe(exc))
+    except httpx.HTTPError as exc:  # DecodingError and the like
+        if status is None:
+            return result(Outcome.RETRY, error=_describe(exc))
+    assert status is not None
+    excerpt = bytes(body[:EXCERPT_BYTES]).decode("utf-8", "replace")
+    if _is_success(status, success):
+        return result(Outcome.DELIVERED, status_code=status, response_excerpt=excerpt)
+    retry_after = parse_retry_after(
+        headers.get("retry-after") if headers is not None else None, wall_clock()
+    )
+    phrase = f" {status_reason(status)}" if status_reason(status) else ""
+    return result(
+        Outcome.RETRY,
+        status_code=status,
+        response_excerpt=excerpt,
+        error=f"HTTP {status}{phrase}",
+        retry_after=retry_after,
+    )
+
+
+def status_reason(status: int) -> str:
+    return httpx.codes.get_reason_phrase(status)
+
+
+# --- configured destinations ---------------------------------------------------------------
+
+
+def make_client(config: UrlDestination) -> httpx.AsyncClient:
+    """The destination's own small client: pool = concurrency, no redirects, no env."""
+    size = max(1, config.concurrency)
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(config.timeout),
+        limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+class HttpDestination:
+    """A ``type: url`` destination (implements ``destinations.base.Destination``)."""
+
+    def __init__(
+        self,
+        config: UrlDestination,
+        *,
+        client_factory: ClientFactory | None = None,
+        wall_clock: WallClock = time.time,
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self._client = (client_factory or make_client)(config)
+        self._wall_clock = wall_clock
+        self._secrets = config_secrets(config)
+
+    def prepare(self, event: Event, extra: Mapping[str, str] | None = None) -> PreparedRequest:
+        """The request an attempt would send now (``test-destination`` prints it)."""
+        return build_request(self.config, event, extra, now=self._wall_clock())
+
+    async def deliver(self, event: Event, job: Job) -> AttemptResult:
+        return await self.send(event)
+
+    async def send(self, event: Event, extra: Mapping[str, str] | None = None) -> AttemptResult:
+        """One attempt; ``extra`` adds correlation placeholders (custom, units, ...)."""
+        try:
+            request = self.prepare(event, extra)
+        except (UnknownPlaceholder, HeaderError) as exc:
+            return AttemptResult(
+                outcome=Outcome.PERMANENT,
+                target=public_target(self.config.url),
+                error=redact(f"cannot build request: {_describe(exc)}", self._secrets),
+            )
+        return await perform(
+            self._client,
+            request,
+            time_limit=self.config.timeout,
+            success=self.config.success,
+            wall_clock=self._wall_clock,
+            secrets=self._secrets,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+# --- status URLs: SSRF-guarded ------------------------------------------------------------
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+class BlockedAddress(httpcore.ConnectError):
+    """The host resolves only to addresses a status URL may not reach."""
+
+
+def parse_networks(networks: Iterable[str | Network]) -> tuple[Network, ...]:
+    return tuple(
+        net if not isinstance(net, str) else ipaddress.ip_network(net, strict=False)
+        for net in networks
+    )
+
+
+def address_allowed(address: str, allow: Sequence[Network] = ()) -> bool:
+    """May a status URL connect to ``address``? Globally routable unicast, or allow-listed.
+
+    Rejects loopback, private (RFC 1918, ULA), shared (100.64/10), link-local (including
+    the 169.254.169.254 metadata service), multicast, unspecified and reserved ranges, and
+    IPv6 forms that embed such an IPv4 address (mapped, 6to4, NAT64).
+    """
+    try:
+        addr = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if any(addr.version == net.version and addr in net for net in allow):
+        return True
+    if isinstance(addr, ipaddress.IPv6Address):
+        embedded = addr.ipv4_mapped or addr.sixtofour
+        if embedded is None and addr in _NAT64:
+            embedded = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+        if embedded is not None:
+            return address_allowed(str(embedded), allow)
+    return addr.is_global and not addr.is_multicast and not addr.is_reserved
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to for TCP (numeric hosts need no lookup)."""
+    infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
+    seen: dict[str, None] = {}
+    for info in infos:
+        seen.setdefault(str(info[4][0]), None)
+    return list(seen)
+
+
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """An httpcore network backend that connects only to permitted resolved addresses."""
+
+    def __init__(
+        self,
+        allow: Sequence[Network] = (),
+        *,
+        resolver: Resolver = resolve,
+        inner: httpcore.AsyncNetworkBackend | None = None,
+    ) -> None:
+        self._allow = tuple(allow)
+        self._resolver = resolver
+        self._inner = inner or httpcore.TrioBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        deadline = trio.current_time() + (math.inf if timeout is None else timeout)
+        try:
+            with trio.fail_after(math.inf if timeout is None else timeout):
+                addresses = await self._resolver(host, port)
+        except trio.TooSlowError:
+            raise httpcore.ConnectTimeout(f"resolving {host}") from None
+        except OSError as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+        permitted = [a for a in addresses if address_allowed(a, self._allow)]
+        if not permitted:
+            raise BlockedAddress(
+                f"{host} resolves to no permitted address ({', '.join(addresses)})"
+            )
+        error: Exception | None = None
+        for address in permitted:
+            remaining = max(0.0, deadline - trio.current_time())
+            try:
+                stream = await self._inner.connect_tcp(
+                    address,
+                    port,
+                    timeout=None if math.isinf(remaining) else remaining,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                error = exc
+                continue
+            peer = stream.get_extra_info("server_addr")
+            if peer is not None and not address_allowed(str(peer[0]), self._allow):
+                await stream.aclose()  # belt and braces: what we are connected to
+                raise BlockedAddress(f"{host}: connected peer {peer[0]} is not permitted")
+            return stream
+        assert error is not None
+        raise error
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise BlockedAddress("unix sockets are not permitted for status URLs")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _GuardedTransport(httpx.AsyncHTTPTransport):
+    def __init__(self, backend: GuardedBackend, *, size: int, verify: ssl.SSLContext | bool):
+        super().__init__(verify=verify, trust_env=False)
+        # httpx has no public knob for the network backend: replace its pool with one that
+        # uses ours (the tests prove a loopback status URL is refused through this path).
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
+            max_connections=size,
+            max_keepalive_connections=size,
+            network_backend=backend,
+        )
+
+
+class StatusUrlDelivery:
+    """POSTs receipts to per-message status URLs given by API clients (seed 001's status_url).
+
+    Only ``http``/``https``; no redirects; no proxies; the connected address must be
+    globally routable unless it is in ``allow`` (the config's ``api.status_url_allow``).
+    """
+
+    def __init__(
+        self,
+        *,
+        allow: Iterable[str | Network] = (),
+        timeout: float = 10.0,
+        concurrency: int = 16,
+        format: Literal["json", "form"] = "json",
+        wall_clock: WallClock = time.time,
+        resolver: Resolver = resolve,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
+        self.allow = parse_networks(allow)
+        self.timeout = timeout
+        self.format: Literal["json", "form"] = format
+        self._wall_clock = wall_clock
+        size = max(1, concurrency)
+        backend = GuardedBackend(self.allow, resolver=resolver)
+        self._client = httpx.AsyncClient(
+            transport=_GuardedTransport(backend, size=size, verify=verify),
+            timeout=httpx.Timeout(timeout),
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    def prepare(
+        self, url: str, event: Event, extra: Mapping[str, str] | None = None
+    ) -> PreparedRequest:
+        """The request for ``url`` (taken as given: no placeholders are rendered in it)."""
+        return compose(
+            method="POST",
+            url=url,
+            format=self.format,
+            fields=default_json(event, extra),
+            event_id=event.id,
+            now=self._wall_clock(),
+        )
+
+    async def deliver(
+        self, url: str, event: Event, extra: Mapping[str, str] | None = None
+    ) -> AttemptResult:
+        """One attempt to push ``event`` (a receipt, usually) to ``url``."""
+        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        if scheme not in ("http", "https") or not urllib.parse.urlsplit(url).hostname:
+            return AttemptResult(
+                outcome=Outcome.PERMANENT,
+                target=public_target(url),
+                error="status URL must be an absolute http or https URL",
+            )
+        return await perform(
+            self._client,
+            self.prepare(url, event, extra),
+            time_limit=self.timeout,
+            wall_clock=self._wall_clock,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+__all__ = [
+    "BlockedAddress",
+    "GuardedBackend",
+    "HttpDestination",
+    "StatusUrlDelivery",
+    "address_allowed",
+    "make_client",
+    "parse_retry_after",
+    "perform",
+    "public_target",
+    "redact",
+]
