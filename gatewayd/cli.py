@@ -29,12 +29,23 @@ def _duration(text: str) -> float:
 
 def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse ``argv`` (without the program name); testable without a subprocess."""
-    parser = argparse.ArgumentParser(prog="gatewayd", description="SMPP routing daemon")
-    parser.add_argument("--log-format", choices=["json", "text"], default=None)
-    parser.add_argument("--log-level", default="INFO")
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    common.add_argument(
+        "--log-format",
+        choices=["json", "text"],
+        default=None,
+        help="json lines (default when stderr is not a terminal) or text for humans",
+    )
+    common.add_argument("--log-level", default="INFO")
+    parser = argparse.ArgumentParser(
+        prog="gatewayd", description="SMPP routing daemon", allow_abbrev=False
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sim = sub.add_parser("simulate", help="run the built-in SMSC simulator")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common], allow_abbrev=False)
+
+    sim = command("simulate", "run the built-in SMSC simulator")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=2775, help="0 picks a free port")
     sim.add_argument("--system-id", default="gatewayd-sim")
@@ -51,10 +62,10 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     sim.add_argument("--resend-delay", type=_duration, default=5.0)
     sim.add_argument("--log", default=None, help="JSON lines of what it received ('-': stdout)")
 
-    dec = sub.add_parser("decode", help="decode hex PDUs (arguments or stdin) to JSON events")
+    dec = command("decode", "decode hex PDUs (arguments or stdin) to JSON events")
     dec.add_argument("hex", nargs="*", help="PDUs in hex; lines from stdin if none")
 
-    chk = sub.add_parser("check", help="validate a config file")
+    chk = command("check", "validate a config file")
     chk.add_argument("--config", default=DEFAULT_CONFIG)
     return parser.parse_args(argv)
 
