@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,10 @@ from gatewayd.smpp.driver import BindSettings, SmppBind
 
 def test_parseargs_simulate_contract() -> None:
     args = parseargs(
-        "simulate --host 127.0.0.1 --port 0 --password pw --mo 5 --from 4477 --to 123 "
-        "--text Hi --window 3 --rate 50 --dlr-status UNDELIV --dlr-delay 500ms --log x.jsonl".split()
+        shlex.split(
+            "simulate --host 127.0.0.1 --port 0 --password pw --mo 5 --from 4477 --to 123 "
+            "--text Hi --window 3 --rate 50 --dlr-status UNDELIV --dlr-delay 500ms --log x.jsonl"
+        )
     )
     assert (args.port, args.password, args.mo, args.mo_from, args.mo_to) == (
         0,
