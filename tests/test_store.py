@@ -1,0 +1,564 @@
+"""SqliteStore: group commit, ack-after-persist failure handling, jobs, history."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from gatewayd.destinations.base import AttemptResult, Outcome
+from gatewayd.events import Address, MessageClass, MoMessage, new_event_id
+from gatewayd.store import (
+    ConcatPart,
+    EventNotFound,
+    EventStatus,
+    JobState,
+    MessagePartRecord,
+    MessageRecord,
+    PersistItem,
+    PersistStatus,
+    SqliteStore,
+    StoreClosed,
+    StoreError,
+)
+
+WALL0 = 1_700_000_000.0
+
+
+class FakeWall:
+    """A wall clock the test moves by hand."""
+
+    def __init__(self, t: float = WALL0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make_mo(
+    text: str = "hello", *, source: str = "4915112345678", dest: str = "12345678"
+) -> MoMessage:
+    return MoMessage(
+        id=new_event_id(),
+        carrier="acme",
+        source=Address(addr=source, ton=1, npi=1),
+        destination=Address(addr=dest),
+        text=text,
+        raw=text.encode(),
+        data_coding=0,
+        message_class=MessageClass.A2P,
+        received_at=dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+    )
+
+
+def item(event: MoMessage | None = None, *dests: str, dedup: str | None = None) -> PersistItem:
+    return PersistItem(
+        event=event if event is not None else make_mo(),
+        destinations=dests or ("crm",),
+        dedup_key=dedup,
+    )
+
+
+@pytest.fixture
+def wall() -> FakeWall:
+    return FakeWall()
+
+
+@pytest.fixture
+async def store(tmp_path: Path, wall: FakeWall) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "g.db", wall_clock=wall, busy_timeout=0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(s.run)
+        yield s
+        nursery.cancel_scope.cancel()
+    s.close()
+
+
+async def test_persist_stores_event_and_jobs(store: SqliteStore, wall: FakeWall) -> None:
+    mo = make_mo("héllo ✓")
+    res = await store.persist(item(mo, "crm", "legacy"))
+    assert res.status is PersistStatus.STORED
+    assert res.event_id == mo.id
+    assert len(res.job_ids) == 2
+    rec = await store.get_event(mo.id)
+    assert rec.event == mo
+    assert rec.status is EventStatus.PENDING
+    assert rec.created_at == wall.t
+    assert [(j.destination, j.state, j.attempts) for j in rec.jobs] == [
+        ("crm", JobState.QUEUED, 0),
+        ("legacy", JobState.QUEUED, 0),
+    ]
+    assert rec.attempts == ()
+
+
+async def test_event_without_destinations_is_unrouted(store: SqliteStore) -> None:
+    mo = make_mo()
+    await store.persist(PersistItem(event=mo))
+    assert (await store.get_event(mo.id)).status is EventStatus.UNROUTED
+
+
+async def test_group_commit_batches_concurrent_persists(store: SqliteStore) -> None:
+    results: list[PersistStatus] = []
+
+    async def one() -> None:
+        results.append((await store.persist(item())).status)
+
+    before = store.batches
+    async with trio.open_nursery() as nursery:
+        for _ in range(200):
+            nursery.start_soon(one)
+    assert results == [PersistStatus.STORED] * 200
+    assert store.batches - before < 20  # not one transaction per item
+    assert (await store.stats()).events == 200
+
+
+async def test_duplicate_within_window(store: SqliteStore, wall: FakeWall) -> None:
+    first = await store.persist(item(dedup="k1"))
+    again = await store.persist(item(dedup="k1"))
+    assert again.status is PersistStatus.DUPLICATE
+    assert again.event_id == first.event_id
+    assert again.job_ids == ()
+    wall.t += store.dedup_window + 1
+    later = await store.persist(item(dedup="k1"))
+    assert later.status is PersistStatus.STORED
+    assert (await store.stats()).events == 2
+
+
+async def test_duplicates_in_one_batch(store: SqliteStore) -> None:
+    statuses: list[PersistStatus] = []
+
+    async def one() -> None:
+        statuses.append((await store.persist(item(dedup="same"))).status)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(one)
+    assert sorted(s.value for s in statuses) == ["duplicate"] * 4 + ["stored"]
+
+
+async def test_same_event_twice_is_duplicate(store: SqliteStore) -> None:
+    mo = make_mo()
+    await store.persist(item(mo))
+    res = await store.persist(item(mo))
+    assert res.status is PersistStatus.DUPLICATE
+    assert len((await store.get_event(mo.id)).jobs) == 1
+
+
+async def test_concat_parts(store: SqliteStore) -> None:
+    part = ConcatPart(key="acme:491:7", seq=1, json='{"t":"a"}')
+    res = await store.persist(PersistItem(event=None, concat_part=part))
+    assert res.status is PersistStatus.STORED
+    res = await store.persist(PersistItem(event=None, concat_part=part))
+    assert res.status is PersistStatus.DUPLICATE
+    await store.persist(
+        PersistItem(event=None, concat_part=ConcatPart(key="other", seq=2, json="{}"))
+    )
+    parts = await store.load_concat_parts("acme:491:7")
+    assert [(p.key, p.seq, p.json) for p in parts] == [("acme:491:7", 1, '{"t":"a"}')]
+    assert len(await store.load_concat_parts()) == 2
+    assert (await store.stats()).concat_parts == 2
+    # The last part completes the set: the event and its jobs, and the set goes.
+    mo = make_mo("ab")
+    await store.persist(
+        PersistItem(event=mo, destinations=("crm",), completed_concat_keys=("acme:491:7",))
+    )
+    assert [p.key for p in await store.load_concat_parts()] == ["other"]
+    with pytest.raises(ValueError, match="jobs need an event"):
+        await store.persist(PersistItem(event=None, destinations=("crm",)))
+
+
+async def test_locked_database_fails_the_whole_batch_then_recovers(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    blocker = sqlite3.connect(tmp_path / "g.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    errors: list[str] = []
+
+    async def one() -> None:
+        try:
+            await store.persist(item())
+        except StoreError as exc:
+            errors.append(str(exc))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(10):
+            nursery.start_soon(one)
+    assert len(errors) == 10
+    assert all("locked" in e for e in errors)
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    res = await store.persist(item())  # the writer kept going
+    assert res.status is PersistStatus.STORED
+    assert (await store.stats()).events == 1
+
+
+async def test_disk_full_fails_the_whole_batch_then_recovers(store: SqliteStore) -> None:
+    conn = store._wconn  # a test hook: cap the file at its current size
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+    big = "x" * 50_000
+    outcomes: list[str] = []
+
+    async def one(text: str) -> None:
+        try:
+            await store.persist(item(make_mo(text)))
+            outcomes.append("ok")
+        except StoreError as exc:
+            outcomes.append(str(exc))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one, "small")
+        nursery.start_soon(one, big)
+    assert len(outcomes) == 2
+    assert all("full" in o for o in outcomes)  # the small one too: it shared the batch
+    assert (await store.stats()).events == 0
+    conn.execute("PRAGMA max_page_count = 1073741823")
+    await one(big)
+    assert outcomes[-1] == "ok"
+
+
+async def test_claim_record_retry_and_history(store: SqliteStore, wall: FakeWall) -> None:
+    mo = make_mo()
+    (job_id,) = (await store.persist(item(mo, "crm"))).job_ids
+    assert await store.next_due_at("crm") == wall.t
+    assert await store.next_due_at("other") is None
+    claimed = await store.claim_due("crm", wall.t, 10)
+    assert [c.job.id for c in claimed] == [job_id]
+    assert claimed[0].job.attempt == 1
+    assert claimed[0].event == mo
+    assert await store.claim_due("crm", wall.t, 10) == []  # in flight: not claimed twice
+    assert await store.next_due_at("crm") is None
+
+    wall.t += 1
+    long_answer = "é" * 2000
+    await store.record_attempt(
+        job_id,
+        AttemptResult(
+            outcome=Outcome.RETRY,
+            target="https://crm.example/in",
+            status_code=503,
+            latency_ms=12.5,
+            error="HTTP 503",
+            response_excerpt=long_answer,
+        ),
+        next_at=wall.t + 1800,
+    )
+    assert await store.claim_due("crm", wall.t + 1799, 10) == []
+    assert await store.next_due_at("crm") == wall.t + 1800
+    rec = await store.get_event(mo.id)
+    assert rec.status is EventStatus.RETRYING
+    assert rec.jobs[0].state is JobState.QUEUED
+    assert rec.jobs[0].attempts == 1
+    assert rec.jobs[0].last_error == "HTTP 503"
+    (attempt,) = rec.attempts
+    assert attempt.attempt == 1
+    assert attempt.status_code == 503
+    assert attempt.target == "https://crm.example/in"
+    assert attempt.outcome == "retry"
+    assert attempt.at == wall.t
+    assert len(attempt.response_excerpt.encode()) <= 1024
+    assert long_answer.startswith(attempt.response_excerpt)
+
+    (again,) = await store.claim_due("crm", wall.t + 1800, 10)
+    assert again.job.attempt == 2
+    await store.record_attempt(
+        job_id,
+        AttemptResult(outcome=Outcome.DELIVERED, status_code=200),
+        next_at=None,
+        final_state=JobState.DELIVERED,
+    )
+    rec = await store.get_event(mo.id)
+    assert rec.status is EventStatus.DELIVERED
+    assert [a.attempt for a in rec.attempts] == [1, 2]
+    with pytest.raises(ValueError, match="next_at"):
+        await store.record_attempt(job_id, AttemptResult(outcome=Outcome.RETRY), next_at=None)
+    with pytest.raises(LookupError):
+        await store.record_attempt(999, AttemptResult(outcome=Outcome.RETRY), next_at=wall.t)
+
+
+async def test_claim_respects_limit_and_order(store: SqliteStore, wall: FakeWall) -> None:
+    ids: list[int] = []
+    for _ in range(5):
+        ids += (await store.persist(item())).job_ids
+        wall.t += 1
+    first = await store.claim_due("crm", wall.t, 2)
+    assert [c.job.id for c in first] == ids[:2]
+    rest = await store.claim_due("crm", wall.t, 10)
+    assert [c.job.id for c in rest] == ids[2:]
+    await store.release([ids[0]])
+    assert [c.job.id for c in await store.claim_due("crm", wall.t, 10)] == [ids[0]]
+
+
+async def test_restart_requeues_inflight_jobs(tmp_path: Path, wall: FakeWall) -> None:
+    path = tmp_path / "g.db"
+    s = SqliteStore(path, wall_clock=wall)
+    mo = make_mo()
+    (job_id,) = (await s.persist(item(mo))).job_ids  # writer not running: direct write
+    (claimed,) = await s.claim_due("crm", wall.t, 1)
+    await s.record_attempt(
+        job_id, AttemptResult(outcome=Outcome.RETRY, error="boom"), next_at=wall.t
+    )
+    (claimed,) = await s.claim_due("crm", wall.t, 1)
+    assert claimed.job.attempt == 2
+    s.close()  # "crash" with the job in flight
+
+    s2 = SqliteStore(path, wall_clock=wall)
+    assert await s2.claim_due("crm", wall.t, 1) == []  # opening alone changes nothing
+    async with trio.open_nursery() as nursery:
+        await nursery.start(s2.run)
+        (again,) = await s2.claim_due("crm", wall.t, 1)
+        assert again.job.id == job_id
+        assert again.job.attempt == 2  # the attempt count is kept
+        nursery.cancel_scope.cancel()
+    s2.close()
+
+
+async def test_replay_and_replay_dead(store: SqliteStore, wall: FakeWall) -> None:
+    mo = make_mo()
+    crm, legacy = (await store.persist(item(mo, "crm", "legacy"))).job_ids
+    for dest in ("crm", "legacy"):
+        await store.claim_due(dest, wall.t, 1)
+    await store.record_attempt(
+        crm, AttemptResult(outcome=Outcome.DELIVERED), next_at=None, final_state=JobState.DELIVERED
+    )
+    await store.record_attempt(
+        legacy,
+        AttemptResult(outcome=Outcome.PERMANENT, error="410"),
+        next_at=None,
+        final_state=JobState.DEAD,
+    )
+    assert (await store.get_event(mo.id)).status is EventStatus.DEAD
+
+    notified: list[str] = []
+    store.add_job_listener(notified.append)
+    new = await store.replay(mo.id, "crm")
+    assert len(new) == 1
+    assert notified == ["crm"]
+    rec = await store.get_event(mo.id)
+    assert rec.status is EventStatus.PENDING  # work left: the new crm job
+    assert len(rec.jobs) == 3
+    assert [j.state for j in rec.jobs if j.destination == "legacy"] == [JobState.DEAD]
+
+    assert await store.replay_dead("crm") == 0
+    assert await store.replay_dead() == 1
+    assert notified == ["crm", "legacy"]
+    assert await store.replay_dead() == 0  # a replayed dead job is not replayed again
+    rec = await store.get_event(mo.id)
+    assert rec.status is EventStatus.PENDING
+    dead = [j for j in rec.jobs if j.state is JobState.DEAD]
+    assert dead[0].replayed_by is not None
+    all_again = await store.replay(mo.id)
+    assert len(all_again) == 2
+    store.remove_job_listener(notified.append)
+    with pytest.raises(EventNotFound):
+        await store.replay("no-such-event")
+    with pytest.raises(EventNotFound):
+        await store.get_event("no-such-event")
+
+
+async def test_dead_letter_removed_destination(store: SqliteStore, wall: FakeWall) -> None:
+    mo = make_mo()
+    await store.persist(item(mo, "gone", "crm"))
+    assert await store.dead_letter_destination("gone", "destination removed") == 1
+    rec = await store.get_event(mo.id)
+    gone = next(j for j in rec.jobs if j.destination == "gone")
+    assert gone.state is JobState.DEAD
+    assert gone.last_error == "destination removed"
+    assert await store.claim_due("gone", wall.t, 10) == []
+
+
+async def test_prune(store: SqliteStore, wall: FakeWall) -> None:
+    async def finish(dest: str, state: JobState) -> str:
+        mo = make_mo()
+        (job,) = (await store.persist(item(mo, dest))).job_ids
+        await store.claim_due(dest, wall.t, 1)
+        await store.record_attempt(
+            job, AttemptResult(outcome=Outcome.DELIVERED), next_at=None, final_state=state
+        )
+        return mo.id
+
+    old_ok = await finish("a", JobState.DELIVERED)
+    old_dead = await finish("b", JobState.DEAD)
+    old_pending = (await store.persist(item(make_mo(), "c"))).event_id
+    wall.t += 100
+    new_ok = await finish("a", JobState.DELIVERED)
+    assert await store.prune(delivered_before=wall.t - 50, dead_before=wall.t - 500) == 1
+    with pytest.raises(EventNotFound):
+        await store.get_event(old_ok)
+    await store.get_event(old_dead)
+    await store.get_event(new_ok)
+    assert old_pending is not None
+    await store.get_event(old_pending)  # never pruned while it has work left
+    assert await store.prune(delivered_before=wall.t - 50, dead_before=wall.t - 50) == 1
+    with pytest.raises(EventNotFound):
+        await store.get_event(old_dead)
+    assert await store.prune(delivered_before=wall.t + 1, dead_before=0, chunk=1) == 1
+
+
+async def test_list_events_pages_and_filters(store: SqliteStore, wall: FakeWall) -> None:
+    ids = []
+    for i in range(7):
+        mo = attrs.evolve(make_mo(source="111" if i % 2 else "222"), id=new_event_id(1000 + i))
+        await store.persist(item(mo, "crm" if i < 5 else "other"))
+        ids.append(mo.id)
+        wall.t += 10
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = await store.list_events(limit=3, cursor=cursor)
+        seen += [e.id for e in page.items]
+        pages += 1
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == ids[::-1]  # newest first, each once
+    assert pages == 3
+    by_dest = await store.list_events(destination="other")
+    assert [e.id for e in by_dest.items] == [ids[6], ids[5]]
+    by_number = await store.list_events(number="111")
+    assert {e.id for e in by_number.items} == {ids[1], ids[3], ids[5]}
+    assert {e.source for e in by_number.items} == {"111"}
+    since = await store.list_events(since=WALL0 + 50)
+    assert [e.id for e in since.items] == [ids[6], ids[5]]
+    pending = await store.list_events(status=EventStatus.PENDING, limit=100)
+    assert len(pending.items) == 7
+    assert pending.items[0].received_at == dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    assert (await store.list_events(status=EventStatus.DEAD)).items == ()
+
+
+async def test_stats_counts_jobs_by_destination_and_state(
+    store: SqliteStore, wall: FakeWall
+) -> None:
+    await store.persist(item(make_mo(), "a", "b"))
+    await store.persist(item(make_mo(), "a"))
+    await store.claim_due("a", wall.t, 1)
+    stats = await store.stats()
+    assert {(c.destination, c.state, c.count) for c in stats.jobs} == {
+        ("a", JobState.INFLIGHT, 1),
+        ("a", JobState.QUEUED, 1),
+        ("b", JobState.QUEUED, 1),
+    }
+
+
+async def test_outbound_messages(store: SqliteStore, wall: FakeWall) -> None:
+    msg = MessageRecord(
+        id="m1",
+        carrier="acme",
+        from_number="12345678",
+        to_number="4915112345678",
+        text="hi",
+        status_url="https://x.example/s",
+        custom_json='{"ref": 7}',
+        parts=2,
+    )
+    part1 = MessagePartRecord(
+        message_id="m1", part=1, carrier="acme", carrier_message_id="0A1B", normalized_id="a1b"
+    )
+    await store.save_message(msg, [part1])
+    await store.add_message_part(attrs.evolve(part1, part=2, normalized_id="a1c"))
+    got, parts = await store.get_message("m1")
+    assert got == attrs.evolve(msg, created_at=wall.t)
+    assert [p.part for p in parts] == [1, 2]
+    found = await store.find_message_part("acme", "a1c")
+    assert found is not None
+    assert found.part == 2
+    assert await store.find_message_part("other", "a1c") is None
+    await store.set_message_part_status("m1", 2, "DELIVRD")
+    _, parts = await store.get_message("m1")
+    assert parts[1].status == "DELIVRD"
+    with pytest.raises(LookupError):
+        await store.get_message("nope")
+
+
+async def test_schema_versions(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    SqliteStore(path).close()
+    SqliteStore(path).close()  # reopening migrates nothing
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    conn.execute("UPDATE schema_version SET version = 99")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        SqliteStore(path)
+
+
+async def test_synchronous_mode_is_applied(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "g.db", synchronous="NORMAL")
+    assert s._wconn.execute("PRAGMA synchronous").fetchone() == (1,)
+    s.close()
+    s = SqliteStore(tmp_path / "g.db")
+    assert s._wconn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL by default
+    s.close()
+    with pytest.raises(ValueError, match="synchronous"):
+        SqliteStore(tmp_path / "g.db", synchronous="BAD")  # type: ignore[arg-type]
+
+
+async def test_stopping_the_writer_fails_queued_waiters(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "g.db")
+    errors: list[BaseException] = []
+    writer_scope = trio.CancelScope()
+
+    async def writer(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with writer_scope:
+            await s.run(task_status=task_status)
+
+    async def one() -> None:
+        try:
+            await s.persist(item())
+        except StoreError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer)
+        async with s._write_lock:  # a test hook: hold the writer off its next batch
+            for _ in range(3):
+                nursery.start_soon(one)
+            await trio.testing.wait_all_tasks_blocked()
+            writer_scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+    assert len(errors) == 3
+    assert all(isinstance(e, StoreClosed) for e in errors)
+    s.close()
+
+
+async def test_inline_mode_works(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "g.db", use_thread=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(s.run)
+        res = await s.persist(item())
+        assert res.status is PersistStatus.STORED
+        assert (await s.stats()).events == 1
+        nursery.cancel_scope.cancel()
+    s.close()
+
+
+async def test_writer_waits_for_a_lock_off_the_event_loop(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "g.db", busy_timeout=10)
+    results: list[PersistStatus] = []
+
+    async def one() -> None:
+        results.append((await s.persist(item())).status)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(s.run)
+        blocker = sqlite3.connect(tmp_path / "g.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        nursery.start_soon(one)
+        await trio.testing.wait_all_tasks_blocked()  # the writer waits in its thread
+        assert results == []
+        blocker.execute("ROLLBACK")  # the other writer goes away
+        blocker.close()
+        while not results:
+            await trio.lowlevel.checkpoint()
+        nursery.cancel_scope.cancel()
+    assert results == [PersistStatus.STORED]
+    s.close()
