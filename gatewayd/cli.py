@@ -67,6 +67,11 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
     chk = command("check", "validate a config file")
     chk.add_argument("--config", default=DEFAULT_CONFIG)
+
+    run = command("run", "run the daemon in the foreground (systemd Type=notify)")
+    run.add_argument("--config", default=DEFAULT_CONFIG)
+
+    command("demo", "run the simulator, a webhook receiver and the daemon; show what arrives")
     return parser.parse_args(argv)
 
 
@@ -85,6 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gatewayd import config
 
             return config.check_main(args.config, sys.stdout)
+        if args.command == "run":
+            return _run(args)
+        if args.command == "demo":
+            from gatewayd.demo import run_demo
+
+            if args.log_level == "INFO":  # the demo prints its own story; logs only if asked
+                logs.configure(fmt, "WARNING")
+            return trio.run(run_demo, sys.stdout)
     except KeyboardInterrupt:
         return 130
     print(f"gatewayd {args.command}: not implemented", file=sys.stderr)
@@ -118,3 +131,43 @@ def _simulate(args: argparse.Namespace) -> int:
     else:
         trio.run(run_simulator, settings, sys.stdout, None)
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gatewayd.config import ConfigError, load_config
+    from gatewayd.store import StoreError
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    try:
+        trio.run(_serve, config)
+    except StoreError as exc:
+        print(f"gatewayd: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(config: object) -> None:
+    import signal
+
+    from gatewayd.app import Daemon
+    from gatewayd.config import Config
+
+    assert isinstance(config, Config)
+    daemon = Daemon(config)
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+
+            async def on_signals() -> None:
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        continue  # reload: see gatewayd.app (operations issue)
+                    daemon.stop()
+
+            nursery.start_soon(on_signals)
+            await nursery.start(daemon.run)
+            await daemon.stopped.wait()
+            nursery.cancel_scope.cancel()

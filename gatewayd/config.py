@@ -315,7 +315,10 @@ class Config:
     retention: RetentionConfig = RetentionConfig()
     reassembly_timeout: float = 300.0
     drain_grace: float = 30.0
-    dedup_window: float = 86400.0
+    # A resend of a deliver_sm whose resp was lost comes within the SMSC's retry schedule
+    # (seconds to minutes). Longer windows risk taking a genuine repeat ("YES" twice, with
+    # no SMSC timestamp) for a resend.
+    dedup_window: float = 600.0
 
 
 # --------------------------------------------------------------------------------------

@@ -336,7 +336,14 @@ def build_request(
     """The request that delivers ``event`` to ``dest`` (``now``: Unix time, for the JWT)."""
     values = placeholders(event, extra)
     url = render_url(dest.url, values)
-    fields = default_json(event, extra) if dest.body is None else render_fields(dest.body, values)
+    if dest.body is not None:
+        fields = render_fields(dest.body, values)
+    elif dest.method == "GET" and template_names(dest.url):
+        # A composed GET URL (the seeds' "compose webhook") is the whole payload: adding the
+        # default fields too would repeat names such as id/status with other values.
+        fields = {}
+    else:
+        fields = default_json(event, extra)
     return compose(
         method=dest.method,
         url=url,

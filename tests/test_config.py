@@ -96,7 +96,7 @@ def test_example_config_loads_into_records() -> None:
     assert (config.reassembly_timeout, config.drain_grace, config.dedup_window) == (
         300.0,
         30.0,
-        86400.0,
+        600.0,
     )
     assert config.synchronous == "FULL"
 

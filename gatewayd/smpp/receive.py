@@ -778,11 +778,15 @@ class Reassembler:
 
     def expire(self, now: dt.datetime) -> list[MoMessage]:
         """Messages whose timeout has passed, delivered incomplete, oldest first."""
-        out: list[MoMessage] = []
+        return [message for _, message in self.expire_keyed(now)]
+
+    def expire_keyed(self, now: dt.datetime) -> list[tuple[ReassemblyKey, MoMessage]]:
+        """Like :meth:`expire`, with each message's key (so the store can drop its parts)."""
+        out: list[tuple[ReassemblyKey, MoMessage]] = []
         for key, group in sorted(self._groups.items(), key=lambda item: item[1].started):
             if now - group.started >= self.timeout:
                 del self._groups[key]
-                out.append(self._join(group, now))
+                out.append((key, self._join(group, now)))
         for key, (completed, _) in list(self._done.items()):
             if now - completed >= self.timeout:
                 del self._done[key]
@@ -797,6 +801,25 @@ class Reassembler:
     def pending(self) -> list[Part]:
         """Every part held, in arrival-group then sequence order."""
         return [group.parts[seq] for group in self._groups.values() for seq in sorted(group.parts)]
+
+    def snapshot(self, key: ReassemblyKey) -> tuple[_Group | None, object]:
+        """The state of one message, to :meth:`rollback` to if persisting a part fails."""
+        group = self._groups.get(key)
+        copy = None if group is None else _Group(started=group.started, parts=dict(group.parts))
+        return copy, self._done.get(key)
+
+    def rollback(self, key: ReassemblyKey, state: tuple[_Group | None, object]) -> None:
+        """Put one message back as :meth:`snapshot` saw it (the part was not made durable,
+        so the SMSC will send it again and it must then count as new)."""
+        group, done = state
+        if group is None:
+            self._groups.pop(key, None)
+        else:
+            self._groups[key] = group
+        if done is None:
+            self._done.pop(key, None)
+        else:
+            self._done[key] = done  # type: ignore[assignment]
 
     def restore(self, parts: Iterable[Part]) -> list[MoMessage]:
         """Load parts saved from :meth:`pending` (e.g. after a restart); duplicates ignored.

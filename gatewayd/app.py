@@ -1,0 +1,335 @@
+"""The daemon: one nursery tree of binds, the store writer, the dispatcher and timers.
+
+Ingest path, for every ``deliver_sm`` a carrier sends (the heart of "never lose one")::
+
+    decode (MO | receipt | part) -> route -> store.persist (event + one job per
+    destination, and any concatenation part, in ONE group-committed transaction)
+    -> only then ESME_ROK
+
+If the store cannot commit, the carrier's temporary error status (ESME_RX_T_APPN by
+default) goes back instead so the SMSC resends; the reassembler is rolled back so the
+resent part counts as new. A resend of something already stored is recognised by its
+dedup key and acknowledged without a second delivery.
+
+Shutdown (SIGTERM): stop the binds (unbind: no new deliver_sm), let attempts in flight
+finish within ``drain_grace``, leave everything else queued in the store, return.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+
+import trio
+
+from gatewayd.config import (
+    CarrierConfig,
+    Config,
+    DestinationConfig,
+    DeviceDestination,
+    EmailDestination,
+    NoneDestination,
+    RetryPolicy,
+    UrlDestination,
+)
+from gatewayd.destinations.base import Destination
+from gatewayd.destinations.http import HttpDestination
+from gatewayd.destinations.none import DropDestination
+from gatewayd.dispatch import Dispatcher
+from gatewayd.events import DeliveryReceipt, Event, MoMessage
+from gatewayd.routing import Router
+from gatewayd.smpp import pdu as P
+from gatewayd.smpp.driver import BindSettings, SmppBind
+from gatewayd.smpp.receive import (
+    Part,
+    ReassemblyKey,
+    Reassembler,
+    ReceiveOptions,
+    decode_deliver,
+    dedup_key,
+)
+from gatewayd.store import (
+    ConcatPart,
+    PersistItem,
+    PersistStatus,
+    SqliteStore,
+    Store,
+    StoreError,
+)
+
+log = logging.getLogger("gatewayd")
+
+DestinationFactory = Callable[[DestinationConfig, "Daemon"], Destination]
+
+
+def concat_key(key: ReassemblyKey) -> str:
+    """The store's text key for one concatenated message."""
+    return json.dumps(list(key), separators=(",", ":"))
+
+
+def bind_settings(carrier: CarrierConfig) -> BindSettings:
+    return BindSettings(
+        carrier=carrier.name,
+        host=carrier.host,
+        port=carrier.port,
+        system_id=carrier.system_id,
+        password=carrier.password,
+        system_type=carrier.system_type,
+        address_range=carrier.address_range,
+        bind=carrier.bind,
+        window=carrier.window,
+        enquire_link=carrier.enquire_link,
+        response_timeout=carrier.response_timeout,
+        reconnect_min=carrier.reconnect_min,
+        reconnect_max=carrier.reconnect_max,
+        tls=carrier.tls,
+        tls_verify=carrier.tls_verify,
+        tls_ca=None if carrier.tls_ca is None else str(carrier.tls_ca),
+        max_command_length=carrier.max_command_length,
+    )
+
+
+def build_destination(config: DestinationConfig, daemon: Daemon) -> Destination:
+    """The delivery object for one configured destination."""
+    if isinstance(config, UrlDestination):
+        return HttpDestination(config, wall_clock=daemon.wall_clock)
+    if isinstance(config, NoneDestination):
+        return DropDestination(config.name)
+    if isinstance(config, EmailDestination):
+        from gatewayd.destinations.email import SmtpDestination
+
+        return SmtpDestination(config, smtp=config.smtp or daemon.config.smtp)
+    if isinstance(config, DeviceDestination):
+        from gatewayd.destinations.device import SipDestination
+
+        return SipDestination(config)
+    raise NotImplementedError(f"destination type {config.type!r} is not available yet")
+
+
+def _retry_and_concurrency(config: DestinationConfig) -> tuple[RetryPolicy, int]:
+    retry = getattr(config, "retry", RetryPolicy())
+    concurrency = getattr(config, "concurrency", 4)
+    return retry, concurrency
+
+
+class Daemon:
+    """Everything ``gatewayd run`` runs. ``await nursery.start(daemon.run)``; ``stop()``."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        destination_factory: DestinationFactory = build_destination,
+    ) -> None:
+        self.config = config
+        self.wall_clock = wall_clock
+        self.router = Router(config)
+        self.store: Store = store or SqliteStore(
+            config.store,
+            synchronous=config.synchronous,
+            dedup_window=config.dedup_window,
+            wall_clock=wall_clock,
+        )
+        self.reassembler = Reassembler(config.reassembly_timeout)
+        self._destination_factory = destination_factory
+        self.destinations: dict[str, Destination] = {}
+        self.dispatcher: Dispatcher | None = None
+        self.binds: dict[str, list[SmppBind]] = {}
+        self._options = {
+            name: ReceiveOptions(gsm_as=c.charset, a2p_max_digits=config.classify.a2p_max_digits)
+            for name, c in config.carriers.items()
+        }
+        self._part_locks: dict[ReassemblyKey, trio.Lock] = {}
+        self._stop_requested = trio.Event()
+        self.ready = trio.Event()
+        self.stopped = trio.Event()
+        # counters for logs, readiness and metrics
+        self.received: dict[tuple[str, str], int] = {}  # (carrier, kind) -> deliver_sm
+        self.acks: dict[int, int] = {}  # command_status -> count
+        self.duplicates = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (what SIGTERM does)."""
+        self._stop_requested.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        try:
+            async with trio.open_nursery() as root:
+                await root.start(self.store.run)
+                await self._restore_parts()
+                for name, dcfg in cfg.destinations.items():
+                    self.destinations[name] = self._destination_factory(dcfg, self)
+                self.dispatcher = Dispatcher(
+                    self.store,
+                    {
+                        name: (dest, *_retry_and_concurrency(cfg.destinations[name]))
+                        for name, dest in self.destinations.items()
+                    },
+                    wall_clock=self.wall_clock,
+                )
+                await root.start(self.dispatcher.run)
+                binds_done = trio.Event()
+                root.start_soon(self._run_binds, binds_done)
+                root.start_soon(self._expire_loop)
+                self.ready.set()
+                log.info(
+                    "gatewayd running",
+                    extra={"carriers": len(cfg.carriers), "destinations": len(cfg.destinations)},
+                )
+                task_status.started(self)
+                await self._stop_requested.wait()
+                log.info("stopping: unbinding, draining attempts in flight")
+                for binds in self.binds.values():
+                    for bind in binds:
+                        bind.stop()
+                with trio.move_on_after(max(5.0, cfg.drain_grace)):
+                    await binds_done.wait()
+                await self.dispatcher.drain(cfg.drain_grace)
+                root.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                for dest in self.destinations.values():
+                    with trio.move_on_after(2):
+                        await dest.aclose()
+            self.store.close()
+            self.stopped.set()
+            log.info("stopped")
+
+    async def _run_binds(self, done: trio.Event) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                for name, carrier in self.config.carriers.items():
+                    settings = bind_settings(carrier)
+                    binds = [
+                        SmppBind(settings, self._consume, name=f"{name}#{i + 1}")
+                        for i in range(carrier.sessions)
+                    ]
+                    self.binds[name] = binds
+                    for bind in binds:
+                        nursery.start_soon(bind.run)
+        finally:
+            done.set()
+
+    # ------------------------------------------------------------------ ingest
+
+    async def _consume(self, pdu: P.Pdu, bind: SmppBind) -> int:
+        """deliver_sm -> durable event + jobs -> the status for deliver_sm_resp."""
+        carrier = self.config.carriers[bind.settings.carrier]
+        received_at = dt.datetime.fromtimestamp(self.wall_clock(), dt.UTC)
+        decoded = decode_deliver(
+            pdu, carrier=carrier.name, received_at=received_at, options=self._options[carrier.name]
+        )
+        kind = decoded.type
+        self.received[(carrier.name, kind)] = self.received.get((carrier.name, kind), 0) + 1
+        key = dedup_key(pdu, carrier.name)
+        try:
+            if isinstance(decoded, Part):
+                await self._ingest_part(decoded, key, received_at)
+            else:
+                await self._persist_event(decoded, key)
+            status = P.ESME_ROK
+        except StoreError as exc:
+            log.error(
+                "store cannot commit; answering a temporary error so the SMSC resends",
+                extra={"carrier": carrier.name, "error": str(exc)},
+            )
+            status = carrier.temp_error_status
+        self.acks[status] = self.acks.get(status, 0) + 1
+        return status
+
+    async def _persist_event(
+        self, event: Event, dedup: str | None, completed: tuple[str, ...] = ()
+    ) -> None:
+        if isinstance(event, MoMessage):
+            destinations = self.router.route_mo(event)
+        else:
+            assert isinstance(event, DeliveryReceipt)
+            destinations = self.router.route_receipt(event)
+        result = await self.store.persist(
+            PersistItem(
+                event=event,
+                destinations=destinations,
+                dedup_key=dedup,
+                completed_concat_keys=completed,
+            )
+        )
+        extra = {"event_id": result.event_id, "carrier": event.carrier, "type": event.type}
+        if result.status is PersistStatus.DUPLICATE:
+            self.duplicates += 1
+            log.info("duplicate deliver_sm acknowledged without a new delivery", extra=extra)
+        elif not destinations:
+            log.warning("no route for this event: stored, not delivered", extra=extra)
+        else:
+            log.debug("stored", extra={**extra, "destinations": list(destinations)})
+
+    async def _ingest_part(self, part: Part, dedup: str, now: dt.datetime) -> None:
+        # One lock per message: the reassembler's step and its persist happen together, so
+        # a failed commit can roll exactly that step back.
+        lock = self._part_locks.setdefault(part.key, trio.Lock())
+        try:
+            async with lock:
+                state = self.reassembler.snapshot(part.key)
+                message = self.reassembler.add(part, now)
+                try:
+                    if message is None:
+                        await self.store.persist(
+                            PersistItem(
+                                event=None,
+                                concat_part=ConcatPart(
+                                    key=concat_key(part.key), seq=part.seq, json=part.to_json()
+                                ),
+                            )
+                        )
+                    else:
+                        await self._persist_event(message, dedup, (concat_key(part.key),))
+                except StoreError:
+                    self.reassembler.rollback(part.key, state)
+                    raise
+        finally:
+            if lock.statistics().tasks_waiting == 0 and not lock.locked():
+                self._part_locks.pop(part.key, None)
+
+    async def _restore_parts(self) -> None:
+        stored = await self.store.load_concat_parts()
+        parts = [Part.from_json(p.json) for p in stored]
+        for message in self.reassembler.restore(parts):
+            await self._persist_event(message, None, ())
+        if parts:
+            log.info(
+                "restored concatenation parts",
+                extra={"parts": len(parts), "messages": self.reassembler.pending_messages},
+            )
+
+    async def _expire_loop(self) -> None:
+        """Deliver, marked incomplete, messages whose parts did not all arrive in time."""
+        while True:
+            deadline = self.reassembler.next_deadline()
+            now = dt.datetime.fromtimestamp(self.wall_clock(), dt.UTC)
+            delay = 5.0 if deadline is None else (deadline - now).total_seconds()
+            await trio.sleep(min(max(delay, 0.0), 5.0) if math.isfinite(delay) else 5.0)
+            now = dt.datetime.fromtimestamp(self.wall_clock(), dt.UTC)
+            held = self.reassembler.pending()
+            for key, message in self.reassembler.expire_keyed(now):
+                try:
+                    await self._persist_event(message, None, (concat_key(key),))
+                    log.warning(
+                        "concatenated message incomplete after the timeout: delivered as is",
+                        extra={"event_id": message.id, "carrier": message.carrier},
+                    )
+                except StoreError:
+                    # not durable as a message: hold its parts again and try next round
+                    self.reassembler.restore([p for p in held if p.key == key])
+
+    # ------------------------------------------------------------------ status
+
+    def bind_states(self) -> Mapping[str, list[SmppBind]]:
+        return self.binds
