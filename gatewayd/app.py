@@ -46,8 +46,8 @@ from gatewayd.smpp import pdu as P
 from gatewayd.smpp.driver import BindSettings, SmppBind
 from gatewayd.smpp.receive import (
     Part,
-    ReassemblyKey,
     Reassembler,
+    ReassemblyKey,
     ReceiveOptions,
     decode_deliver,
     dedup_key,
