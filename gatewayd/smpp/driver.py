@@ -96,6 +96,17 @@ def backoff_delay(failures: int, lo: float, hi: float, rng: random.Random) -> fl
     return rng.uniform(lo, max(lo, ceiling))
 
 
+def describe_error(exc: BaseException) -> str:
+    """The exception and its causes, e.g. a TLS verification failure behind BrokenResource."""
+    parts: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(parts) < 4:
+        text = str(seen)
+        parts.append(f"{seen.__class__.__name__}: {text}" if text else seen.__class__.__name__)
+        seen = seen.__cause__ or seen.__context__
+    return " <- ".join(parts)
+
+
 def status_name(status: int) -> str:
     """``ESME_RINVPASWD (0x0000000e)`` for logs and errors."""
     for name, value in vars(P).items():
@@ -161,7 +172,7 @@ class SmppBind:
                 try:
                     was_bound = await self._connect_and_serve()
                 except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    self.last_error = f"connection error: {exc.__class__.__name__}:: {exc}"
+                    self.last_error = f"connection error: {describe_error(exc)}"
                     log.warning("bind connection failed: %s", self.last_error, extra=extra)
                 except trio.TooSlowError:
                     self.last_error = "timed out connecting"
@@ -220,7 +231,11 @@ class SmppBind:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         stream = await trio.open_ssl_over_tcp_stream(s.host, s.port, ssl_context=ctx)
-        await stream.do_handshake()
+        try:
+            await stream.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(stream)  # a failed handshake must not leak the socket
+            raise
         return stream
 
     async def _connect_and_serve(self) -> bool:

@@ -16,6 +16,7 @@ import itertools
 import json
 import logging
 import math
+import ssl
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
@@ -60,6 +61,8 @@ class SimulatorSettings:
     resend_attempts: int = 10
     response_timeout: float = 30.0
     enquire_link: float = 30.0
+    tls_cert: str | None = None  # PEM certificate chain: serve SMPP over TLS
+    tls_key: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -122,15 +125,22 @@ class Simulator:
     # ------------------------------------------------------------------ running
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(self.settings.port, host=self.settings.host)
-        self.port = listeners[0].socket.getsockname()[1]
+        tcp = await trio.open_tcp_listeners(self.settings.port, host=self.settings.host)
+        self.port = tcp[0].socket.getsockname()[1]
+        listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(tcp)
+        if self.settings.tls_cert:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
+            listeners = [
+                trio.SSLListener(listener, ctx, https_compatible=False) for listener in tcp
+            ]
         self._log({"event": "listening", "host": self.settings.host, "port": self.port})
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started(self.port)
             await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.abc.Stream) -> None:
         conn = _Connection(self, stream)
         self._conns.append(conn)
         try:
@@ -289,7 +299,7 @@ class Simulator:
 class _Connection:
     """One ESME connected to the simulator."""
 
-    def __init__(self, sim: Simulator, stream: trio.SocketStream) -> None:
+    def __init__(self, sim: Simulator, stream: trio.abc.Stream) -> None:
         self.sim = sim
         self.system_id = ""
         s = sim.settings

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import struct
 import tracemalloc
+from pathlib import Path
 
 import pytest
 import trio
@@ -14,6 +15,7 @@ from gatewayd.smpp import pdu as P
 from gatewayd.smpp.driver import BindSettings, BindState, SmppBind, backoff_delay
 from gatewayd.smpp.simulator import Simulator, SimulatorSettings
 from tests.smpp.peers import RawPeer, accept_bind
+from tests.smtp_server import make_tls_files
 
 
 def settings(port: int, **kw: object) -> BindSettings:
@@ -271,3 +273,24 @@ def test_backoff_delay_bounds() -> None:
     for failures in range(20):
         d = backoff_delay(failures, 1.0, 60.0, rng)
         assert 1.0 <= d <= min(60.0, 2.0**failures)
+
+
+async def test_tls_bind_verifies_the_smsc_certificate(tmp_path: Path) -> None:
+    cert, key = make_tls_files(tmp_path, hostname="localhost")
+    sim = Simulator(
+        SimulatorSettings(port=0, tls_cert=str(cert), tls_key=str(key), host="127.0.0.1")
+    )
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(sim.serve)
+        trusted = SmppBind(settings(port, host="localhost", tls=True, tls_ca=str(cert)))
+        untrusted = SmppBind(settings(port, host="localhost", tls=True, reconnect_min=50.0))
+        nursery.start_soon(trusted.run)
+        nursery.start_soon(untrusted.run)
+        with trio.fail_after(10):
+            await wait_state(trusted, BindState.BOUND)
+            while not untrusted.last_error:
+                await trio.sleep(0.01)
+        assert untrusted.state is not BindState.BOUND
+        assert "certificate" in untrusted.last_error.lower()
+        assert len(sim.binds) == 1  # the unverified connection never got to bind
+        nursery.cancel_scope.cancel()
