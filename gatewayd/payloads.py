@@ -30,28 +30,22 @@ import attrs
 import jwt
 
 from gatewayd import __version__
-from gatewayd.config import PLACEHOLDERS, BasicAuth, BearerAuth, JwtAuth, UrlDestination
+from gatewayd.config import (
+    MO_FIELDS,
+    PLACEHOLDER_RE,
+    PLACEHOLDERS,
+    BasicAuth,
+    BearerAuth,
+    JwtAuth,
+    UrlDestination,
+)
 from gatewayd.events import DeliveryReceipt, Event, MoMessage
 
 USER_AGENT = f"gatewayd/{__version__}"
 JWT_LIFETIME = 300  # seconds: exp = iat + 5 min (issue 4)
 
-#: The keys of the default JSON bodies (issue 4).
-MO_PLACEHOLDERS = frozenset(
-    {
-        "id",
-        "type",
-        "class",
-        "carrier",
-        "from",
-        "to",
-        "text",
-        "keyword",
-        "parts",
-        "data_coding",
-        "received_at",
-    }
-)
+#: The keys of the default JSON bodies (issue 4); config.py keeps the one list for MOs.
+MO_PLACEHOLDERS = MO_FIELDS
 DLR_PLACEHOLDERS = frozenset(
     {
         "id",
@@ -74,7 +68,7 @@ DLR_PLACEHOLDERS = frozenset(
 #: gets both MOs and receipts never fails to render.
 ALL_PLACEHOLDERS = PLACEHOLDERS | MO_PLACEHOLDERS | DLR_PLACEHOLDERS
 
-_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_PLACEHOLDER = PLACEHOLDER_RE
 # RFC 9110 §5.1 field-name = token
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_HEADER_VALUE = re.compile(r"[\r\n\x00]")
