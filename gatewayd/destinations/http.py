@@ -19,15 +19,19 @@ redacted from error text.
 
 HTTP clients: one small ``httpx.AsyncClient`` per destination, its pool sized to the
 destination's concurrency (httpcore 1.0.9's pool does O(N^2) work per request, so one
-big shared pool collapses under load: ``STACK.md``). ``follow_redirects=False`` (a 3xx
-is a failure: it is not in the success set) and ``trust_env=False`` (no proxy or .netrc
-from the environment: what is sent is what the config says).
+big shared pool collapses under load: ``STACK.md``). Under it sits our lean HTTP/1.1
+transport (``transport.LeanTransport``, ~2x less CPU per request); ``stock=True`` selects
+httpx's default transport instead (the benchmark compares them).
+``follow_redirects=False`` (a 3xx is a failure: it is not in the success set) and
+``trust_env=False`` (no proxy or .netrc from the environment: what is sent is what the
+config says).
 
 Status URLs (issue 5) come from API clients, so :class:`StatusUrlDelivery` connects only
 to addresses that are globally routable unless an allow-list admits them. The check runs
 in the network backend at connect time on the address actually connected to, after our
-own DNS resolution, so DNS rebinding cannot slip a private address past it; httpcore
-still sends ``Host`` and TLS SNI for the name in the URL.
+own DNS resolution, so DNS rebinding cannot slip a private address past it; the
+transport still sends ``Host`` and TLS SNI for the name in the URL
+(:func:`guarded_connector` for the lean transport, :class:`GuardedBackend` for stock).
 
 Exception map (all caught in :func:`perform`)::
 
@@ -56,6 +60,7 @@ import trio
 
 from gatewayd.config import BasicAuth, BearerAuth, JwtAuth, UrlDestination
 from gatewayd.destinations.base import AttemptResult, Job, Outcome
+from gatewayd.destinations.transport import Connector, LeanTransport
 from gatewayd.events import Event
 from gatewayd.payloads import (
     HeaderError,
@@ -260,10 +265,13 @@ def status_reason(status: int) -> str:
 # --- configured destinations ---------------------------------------------------------------
 
 
-def make_client(config: UrlDestination) -> httpx.AsyncClient:
-    """The destination's own small client: pool = concurrency, no redirects, no env."""
+def make_client(config: UrlDestination, *, stock: bool = False) -> httpx.AsyncClient:
+    """The destination's own small client: pool = concurrency, no redirects, no env.
+
+    ``stock``: httpx's default transport instead of :class:`LeanTransport`."""
     size = max(1, config.concurrency)
     return httpx.AsyncClient(
+        transport=None if stock else LeanTransport(max_connections=size),
         timeout=httpx.Timeout(config.timeout),
         limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
         follow_redirects=False,
@@ -435,6 +443,43 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+def guarded_connector(allow: Sequence[Network] = (), *, resolver: Resolver = resolve) -> Connector:
+    """A :class:`LeanTransport` connector with :class:`GuardedBackend`'s policy: resolve,
+    connect only to permitted addresses, check the connected peer. Refusals raise
+    ``httpx.ConnectError`` caused by :class:`BlockedAddress` (:func:`perform` reads it)."""
+    allowed = tuple(allow)
+
+    def blocked(message: str) -> httpx.ConnectError:
+        error = httpx.ConnectError(message)
+        error.__cause__ = BlockedAddress(message)
+        return error
+
+    async def connect(host: str, port: int) -> trio.abc.Stream:
+        try:
+            addresses = await resolver(host, port)
+        except OSError as exc:
+            raise httpx.ConnectError(f"cannot resolve {host}: {exc}") from exc
+        permitted = [a for a in addresses if address_allowed(a, allowed)]
+        if not permitted:
+            raise blocked(f"{host} resolves to no permitted address ({', '.join(addresses)})")
+        error: OSError | None = None
+        for address in permitted:  # the transport's connect timeout covers them all
+            try:
+                stream = await trio.open_tcp_stream(address, port)
+            except OSError as exc:
+                error = exc
+                continue
+            peer = stream.socket.getpeername()
+            if not address_allowed(str(peer[0]), allowed):
+                await trio.aclose_forcefully(stream)  # belt and braces: what we reached
+                raise blocked(f"{host}: connected peer {peer[0]} is not permitted")
+            return stream
+        assert error is not None
+        raise error
+
+    return connect
+
+
 class _GuardedTransport(httpx.AsyncHTTPTransport):
     def __init__(self, backend: GuardedBackend, *, size: int, verify: ssl.SSLContext | bool):
         super().__init__(verify=verify, trust_env=False)
@@ -465,15 +510,22 @@ class StatusUrlDelivery:
         wall_clock: WallClock = time.time,
         resolver: Resolver = resolve,
         verify: ssl.SSLContext | bool = True,
+        stock: bool = False,
     ) -> None:
         self.allow = parse_networks(allow)
         self.timeout = timeout
         self.format: Literal["json", "form"] = format
         self._wall_clock = wall_clock
         size = max(1, concurrency)
-        backend = GuardedBackend(self.allow, resolver=resolver)
+        transport: httpx.AsyncBaseTransport
+        if stock:
+            backend = GuardedBackend(self.allow, resolver=resolver)
+            transport = _GuardedTransport(backend, size=size, verify=verify)
+        else:
+            connect = guarded_connector(self.allow, resolver=resolver)
+            transport = LeanTransport(max_connections=size, connect=connect, verify=verify)
         self._client = httpx.AsyncClient(
-            transport=_GuardedTransport(backend, size=size, verify=verify),
+            transport=transport,
             timeout=httpx.Timeout(timeout),
             follow_redirects=False,
             trust_env=False,
@@ -520,6 +572,7 @@ __all__ = [
     "HttpDestination",
     "StatusUrlDelivery",
     "address_allowed",
+    "guarded_connector",
     "make_client",
     "parse_retry_after",
     "perform",
