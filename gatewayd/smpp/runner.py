@@ -112,6 +112,9 @@ class SessionRunner:
             self._nursery = None
             self._fail_waiters()
             self.closed.set()
+            # Wake requests waiting for window room: they must see the connection is gone
+            # (NotBound) instead of waiting for a response slot that never frees.
+            self.poke()
 
     def poke(self) -> None:
         """Wake the timer and anyone waiting for window room: state may have changed."""

@@ -430,7 +430,7 @@ class Session:
                 and self.inactivity_timeout is not None
                 and not self._bind_pending
                 and self._last_activity is not None
-                and now - self._last_activity >= self.inactivity_timeout
+                and now >= self._last_activity + self.inactivity_timeout
             ):
                 self._close("inactivity timeout before bind")
             return
@@ -438,13 +438,13 @@ class Session:
         assert self._last_activity is not None
         if (
             self.inactivity_timeout is not None
-            and now - self._last_activity >= self.inactivity_timeout
+            and now >= self._last_activity + self.inactivity_timeout
         ):
             self._unbind_reason = "inactivity timeout"
             self._send_request("unbind", now, tlvs=(), fields={}, internal=True)
             return
         if (
-            now - self._last_received >= self.enquire_link_interval
+            now >= self._last_received + self.enquire_link_interval
             and not self._enquire_link_outstanding()
         ):
             # §4.11: probe a quiet link; a missing enquire_link_resp means it is dead.

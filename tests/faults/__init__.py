@@ -1,0 +1,1 @@
+"""Fault-injection suite: crashes, carrier, destination, store and hostile-peer faults."""
