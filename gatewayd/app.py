@@ -22,8 +22,9 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
+import attrs
 import trio
 
 from gatewayd.config import (
@@ -32,6 +33,7 @@ from gatewayd.config import (
     DestinationConfig,
     DeviceDestination,
     EmailDestination,
+    ForwardDestination,
     NoneDestination,
     RetryPolicy,
     UrlDestination,
@@ -41,6 +43,8 @@ from gatewayd.destinations.http import HttpDestination
 from gatewayd.destinations.none import DropDestination
 from gatewayd.dispatch import Dispatcher
 from gatewayd.events import DeliveryReceipt, Event, MoMessage
+from gatewayd.metrics import Metrics
+from gatewayd.outbound import Outbound
 from gatewayd.routing import Router
 from gatewayd.smpp import pdu as P
 from gatewayd.smpp.driver import BindSettings, SmppBind
@@ -64,6 +68,10 @@ from gatewayd.store import (
 log = logging.getLogger("gatewayd")
 
 DestinationFactory = Callable[[DestinationConfig, "Daemon"], Destination]
+
+
+class ReloadError(Exception):
+    """A new configuration could not be applied; the old one stays in force."""
 
 
 def concat_key(key: ReassemblyKey) -> str:
@@ -107,6 +115,10 @@ def build_destination(config: DestinationConfig, daemon: Daemon) -> Destination:
         from gatewayd.destinations.device import SipDestination
 
         return SipDestination(config)
+    if isinstance(config, ForwardDestination):
+        from gatewayd.destinations.forward import SmsForwardDestination
+
+        return SmsForwardDestination(config, daemon.outbound)
     raise NotImplementedError(f"destination type {config.type!r} is not available yet")
 
 
@@ -137,6 +149,10 @@ class Daemon:
             wall_clock=wall_clock,
         )
         self.reassembler = Reassembler(config.reassembly_timeout)
+        # The send API's back end, submit_sm and receipt correlation (gatewayd.outbound).
+        self.outbound = Outbound(
+            config, self.store, binds=lambda name: self.binds.get(name, []), wall_clock=wall_clock
+        )
         self._destination_factory = destination_factory
         self.destinations: dict[str, Destination] = {}
         self.dispatcher: Dispatcher | None = None
@@ -153,12 +169,27 @@ class Daemon:
         self.received: dict[tuple[str, str], int] = {}  # (carrier, kind) -> deliver_sm
         self.acks: dict[int, int] = {}  # command_status -> count
         self.duplicates = 0
+        self.api_port: int | None = None  # the API listener's bound port (gatewayd.api)
+        self.metrics = Metrics(self)
+        self.outbound.on_receipt = lambda matched: self.metrics.receipts.labels(
+            result="matched" if matched else "unmatched"
+        ).inc()
+        self.retention_interval = 300.0  # seconds between prune rounds
+        self.log_text = False  # log message text at debug level (gatewayd run --log-text)
+        self._reload_lock = trio.Lock()
+        self._bind_nursery: trio.Nursery | None = None
+        self._bind_carrier: dict[SmppBind, CarrierConfig] = {}  # what each bind was made from
 
     # ------------------------------------------------------------------ lifecycle
 
     def stop(self) -> None:
         """Begin a graceful shutdown (what SIGTERM does)."""
         self._stop_requested.set()
+
+    @property
+    def stopping(self) -> bool:
+        """A shutdown was requested (``/readyz`` answers 503 while draining)."""
+        return self._stop_requested.is_set()
 
     async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
@@ -170,13 +201,21 @@ class Daemon:
                     self.destinations[name] = self._destination_factory(dcfg, self)
                 self.dispatcher = Dispatcher(
                     self.store,
-                    {
-                        name: (dest, *_retry_and_concurrency(cfg.destinations[name]))
-                        for name, dest in self.destinations.items()
-                    },
+                    self.outbound.targets(
+                        {
+                            name: (dest, *_retry_and_concurrency(cfg.destinations[name]))
+                            for name, dest in self.destinations.items()
+                        }
+                    ),
                     wall_clock=self.wall_clock,
+                    on_attempt=self.metrics.attempt_recorded,
                 )
                 await root.start(self.dispatcher.run)
+                from gatewayd.api import serve_api
+
+                await root.start(serve_api, self)
+                await root.start(self.metrics.run)
+                root.start_soon(self._retention_loop)
                 binds_done = trio.Event()
                 root.start_soon(self._run_binds, binds_done)
                 root.start_soon(self._expire_loop)
@@ -188,18 +227,23 @@ class Daemon:
                 task_status.started(self)
                 await self._stop_requested.wait()
                 log.info("stopping: unbinding, draining attempts in flight")
+                grace = self.config.drain_grace  # the reloaded value, if any
+                deadline = trio.current_time() + grace
                 for binds in self.binds.values():
                     for bind in binds:
                         bind.stop()
-                with trio.move_on_after(max(5.0, cfg.drain_grace)):
+                with trio.move_on_after(max(5.0, grace)):
                     await binds_done.wait()
-                await self.dispatcher.drain(cfg.drain_grace)
+                # Attempts kept going while the binds unbound: one grace period in all.
+                await self.dispatcher.drain(max(deadline - trio.current_time(), 1.0))
                 root.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 for dest in self.destinations.values():
                     with trio.move_on_after(2):
                         await dest.aclose()
+                with trio.move_on_after(2):
+                    await self.outbound.aclose()
             self.store.close()
             self.stopped.set()
             log.info("stopped")
@@ -207,26 +251,45 @@ class Daemon:
     async def _run_binds(self, done: trio.Event) -> None:
         try:
             async with trio.open_nursery() as nursery:
-                for name, carrier in self.config.carriers.items():
-                    settings = bind_settings(carrier)
-                    binds = [
-                        SmppBind(settings, self._consume, name=f"{name}#{i + 1}")
-                        for i in range(carrier.sessions)
-                    ]
-                    self.binds[name] = binds
-                    for bind in binds:
-                        nursery.start_soon(bind.run)
+                self._bind_nursery = nursery
+                for carrier in self.config.carriers.values():
+                    self._start_binds(carrier)
+                # Reloads add and replace binds here: keep the nursery open until stop.
+                await self._stop_requested.wait()
         finally:
+            self._bind_nursery = None
             done.set()
+
+    def _start_binds(self, carrier: CarrierConfig) -> None:
+        assert self._bind_nursery is not None
+        settings = bind_settings(carrier)
+        binds = [
+            SmppBind(settings, self._consume, name=f"{carrier.name}#{i + 1}")
+            for i in range(carrier.sessions)
+        ]
+        self.binds[carrier.name] = binds
+        for bind in binds:
+            self._bind_carrier[bind] = carrier
+            self._bind_nursery.start_soon(self._run_bind, bind)
+
+    async def _run_bind(self, bind: SmppBind) -> None:
+        try:
+            await bind.run()
+        finally:
+            self._bind_carrier.pop(bind, None)
 
     # ------------------------------------------------------------------ ingest
 
     async def _consume(self, pdu: P.Pdu, bind: SmppBind) -> int:
         """deliver_sm -> durable event + jobs -> the status for deliver_sm_resp."""
-        carrier = self.config.carriers[bind.settings.carrier]
+        # A bind being replaced by a reload still answers with the settings it was made from.
+        carrier = self._bind_carrier.get(bind) or self.config.carriers[bind.settings.carrier]
+        options = self._options.get(carrier.name) or ReceiveOptions(
+            gsm_as=carrier.charset, a2p_max_digits=self.config.classify.a2p_max_digits
+        )
         received_at = dt.datetime.fromtimestamp(self.wall_clock(), dt.UTC)
         decoded = decode_deliver(
-            pdu, carrier=carrier.name, received_at=received_at, options=self._options[carrier.name]
+            pdu, carrier=carrier.name, received_at=received_at, options=options
         )
         kind = decoded.type
         self.received[(carrier.name, kind)] = self.received.get((carrier.name, kind), 0) + 1
@@ -253,7 +316,8 @@ class Daemon:
             destinations = self.router.route_mo(event)
         else:
             assert isinstance(event, DeliveryReceipt)
-            destinations = self.router.route_receipt(event)
+            # Correlated to an outbound message: its status_url / delivery come first.
+            destinations = await self.outbound.route_receipt(event, self.router)
         result = await self.store.persist(
             PersistItem(
                 event=event,
@@ -269,6 +333,8 @@ class Daemon:
         elif not destinations:
             log.warning("no route for this event: stored, not delivered", extra=extra)
         else:
+            if self.log_text:  # only with --log-text at debug level: text is personal data
+                extra["message_text"] = getattr(event, "text", None)
             log.debug("stored", extra={**extra, "destinations": list(destinations)})
 
     async def _ingest_part(self, part: Part, dedup: str, now: dt.datetime) -> None:
@@ -328,6 +394,131 @@ class Daemon:
                 except StoreError:
                     # not durable as a message: hold its parts again and try next round
                     self.reassembler.restore([p for p in held if p.key == key])
+
+    # ------------------------------------------------------------------ reload
+
+    async def reload(self, new: Config) -> None:
+        """Switch to ``new`` (SIGHUP), or raise :class:`ReloadError` and change nothing.
+
+        Carriers whose settings changed are re-bound (their old binds unbind); the others
+        keep their binds and windows. Routes and destinations switch at once for events
+        routed from now on; jobs keep their destination by name, and a removed
+        destination's queued jobs are dead-lettered by the dispatcher. Destination objects
+        that were replaced are closed once no attempt uses them.
+        """
+        async with self._reload_lock:
+            if self._stop_requested.is_set() or self.dispatcher is None:
+                raise ReloadError("the daemon is not running")
+            old = self.config
+            if (new.store, new.synchronous) != (old.store, old.synchronous):
+                log.warning("store settings take effect at the next restart, not on reload")
+                new = attrs.evolve(new, store=old.store, synchronous=old.synchronous)
+            built: dict[str, Destination] = {}
+            try:
+                for name, dcfg in new.destinations.items():
+                    if name not in self.destinations or old.destinations.get(name) != dcfg:
+                        built[name] = self._destination_factory(dcfg, self)
+                router = Router(new)
+            except Exception as exc:
+                await self._close_destinations(built.values())
+                raise ReloadError(f"cannot apply the new configuration: {exc}") from exc
+            # The switch: nothing awaits between these assignments.
+            destinations = {n: built.get(n) or self.destinations[n] for n in new.destinations}
+            replaced = [d for n, d in self.destinations.items() if destinations.get(n) is not d]
+            self.config = new
+            self.router = router
+            self.destinations = destinations
+            self._options = {
+                name: ReceiveOptions(gsm_as=c.charset, a2p_max_digits=new.classify.a2p_max_digits)
+                for name, c in new.carriers.items()
+            }
+            self.reassembler.timeout = dt.timedelta(seconds=new.reassembly_timeout)
+            rebound = []
+            for name in (*old.carriers, *(n for n in new.carriers if n not in old.carriers)):
+                carrier = new.carriers.get(name)
+                if old.carriers.get(name) == carrier:
+                    continue
+                rebound.append(name)
+                for bind in self.binds.pop(name, []):
+                    self.metrics.bind_retired(bind)
+                    bind.stop()
+                if carrier is not None and self._bind_nursery is not None:
+                    self._start_binds(carrier)
+            self.outbound.reconfigure(new)
+            await self.dispatcher.update_destinations(
+                self.outbound.targets(  # keeps the internal submit/status-url lanes
+                    {
+                        name: (dest, *_retry_and_concurrency(new.destinations[name]))
+                        for name, dest in destinations.items()
+                    }
+                )
+            )
+            await self._close_destinations(replaced)
+            log.info(
+                "configuration reloaded",
+                extra={
+                    "carriers_rebound": rebound,
+                    "destinations_changed": sorted(
+                        {*built, *(n for n in old.destinations if n not in new.destinations)}
+                    ),
+                },
+            )
+
+    async def reload_from_file(self) -> bool:
+        """Re-read the config file (SIGHUP). On any error log it, keep the old config and
+        return False."""
+        from gatewayd.config import ConfigError, load_config
+
+        path = self.config.file
+        if path is None:
+            log.error("reload: the configuration was not read from a file")
+            return False
+        log.info("reloading the configuration", extra={"file": str(path)})
+        try:
+            new = await trio.to_thread.run_sync(load_config, path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload failed, old configuration kept: %s", problem)
+            return False
+        try:
+            await self.reload(new)
+        except ReloadError as exc:
+            log.error("reload failed, old configuration kept: %s", exc)
+            return False
+        return True
+
+    @staticmethod
+    async def _close_destinations(destinations: Iterable[Destination]) -> None:
+        with trio.CancelScope(shield=True):
+            for dest in destinations:
+                with trio.move_on_after(2):
+                    try:
+                        await dest.aclose()
+                    except Exception:
+                        log.exception(
+                            "closing a destination failed", extra={"destination": dest.name}
+                        )
+
+    # ------------------------------------------------------------------ retention
+
+    async def prune(self) -> int:
+        """Delete delivered events older than ``retention.delivered``, dead ones older
+        than ``retention.dead``; returns how many events went."""
+        retention = self.config.retention
+        now = self.wall_clock()
+        try:
+            n = await self.store.prune(now - retention.delivered, now - retention.dead)
+        except StoreError as exc:
+            log.warning("pruning old events failed: %s", exc)
+            return 0
+        if n:
+            log.info("pruned old events and their attempts", extra={"events": n})
+        return n
+
+    async def _retention_loop(self) -> None:
+        while True:
+            await self.prune()
+            await trio.sleep(self.retention_interval)
 
     # ------------------------------------------------------------------ status
 

@@ -70,6 +70,21 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
     run = command("run", "run the daemon in the foreground (systemd Type=notify)")
     run.add_argument("--config", default=DEFAULT_CONFIG)
+    run.add_argument(
+        "--log-text",
+        action="store_true",
+        help="with --log-level DEBUG, log message text (never logged otherwise)",
+    )
+
+    from gatewayd import history
+
+    history.add_commands(command, DEFAULT_CONFIG)
+
+    probe = command("test-destination", "send a sample MO or receipt to a destination; show both")
+    probe.add_argument("name", metavar="NAME", help="a destination in the config")
+    probe.add_argument("--dlr", action="store_true", help="a sample receipt instead of an MO")
+    probe.add_argument("--config", default=DEFAULT_CONFIG)
+    probe.add_argument("--json", action="store_true", help="one JSON object instead of text")
 
     command("demo", "run the simulator, a webhook receiver and the daemon; show what arrives")
     return parser.parse_args(argv)
@@ -92,6 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return config.check_main(args.config, sys.stdout)
         if args.command == "run":
             return _run(args)
+        if args.command in ("history", "replay"):
+            from gatewayd import history
+
+            return history.main(args, sys.stdout)
+        if args.command == "test-destination":
+            from gatewayd import probe
+
+            return probe.main(args)
         if args.command == "demo":
             from gatewayd.demo import run_demo
 
@@ -143,31 +166,44 @@ def _run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     try:
-        trio.run(_serve, config)
+        trio.run(_serve, config, args.log_text and args.log_level.upper() == "DEBUG")
     except StoreError as exc:
         print(f"gatewayd: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-async def _serve(config: object) -> None:
+async def _serve(config: object, log_text: bool = False) -> None:
     import signal
 
     from gatewayd.app import Daemon
     from gatewayd.config import Config
+    from gatewayd.sdnotify import Notifier
 
     assert isinstance(config, Config)
     daemon = Daemon(config)
+    daemon.log_text = log_text
+    notifier = Notifier()  # systemd Type=notify; does nothing without NOTIFY_SOCKET
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+
+            async def reload() -> None:
+                notifier.reloading()
+                ok = await daemon.reload_from_file()
+                notifier.ready("running" if ok else "reload failed: old configuration kept")
 
             async def on_signals() -> None:
                 async for signum in signals:
                     if signum == signal.SIGHUP:
-                        continue  # reload: see gatewayd.app (operations issue)
+                        nursery.start_soon(reload)  # SIGTERM must not wait for a reload
+                        continue
+                    notifier.stopping()
                     daemon.stop()
 
             nursery.start_soon(on_signals)
             await nursery.start(daemon.run)
+            notifier.ready("running")
+            nursery.start_soon(notifier.watchdog_loop)
             await daemon.stopped.wait()
             nursery.cancel_scope.cancel()
+    notifier.close()

@@ -1388,7 +1388,7 @@ def _split_listen(listen: str) -> tuple[str, int] | None:
         return None
     host = m.group(1) or m.group(3)
     port = int(m.group(2) or m.group(4))
-    if not 0 < port <= 65535:
+    if not 0 <= port <= 65535:  # 0: any free port (the chosen one is logged)
         return None
     return host, port
 

@@ -59,6 +59,7 @@ routes:
   a2p: webhook
   p2p: webhook
   delivery: status
+api: {{listen: "127.0.0.1:0"}}   # any free port: the demo must not clash with a real gatewayd
 """
 
 GSM_TEXT = "Price: 10€ [promo] {today} ~ ok"

@@ -69,6 +69,10 @@ def next_attempt_at(
     return now + max(delay, 0.0)
 
 
+# (destination name, the claimed job, what the attempt did, the final state or None)
+AttemptHook = Callable[[str, ClaimedJob, AttemptResult, JobState | None], None]
+
+
 class Target(NamedTuple):
     """A destination as the dispatcher runs it."""
 
@@ -202,6 +206,8 @@ class _Lane:
             elif final is None:
                 log.info("attempt failed, will retry: %s", result.error, extra=extra)
             await self._record(job.id, result, next_at, final)
+            if d.on_attempt is not None:
+                d.on_attempt(self.name, item, result, final)
         finally:
             self.inflight -= 1
             gen.end()
@@ -253,8 +259,10 @@ class Dispatcher:
         wall_clock: Callable[[], float] = time.time,
         poll_interval: float = 5.0,
         store_retry: float = 1.0,
+        on_attempt: AttemptHook | None = None,
     ) -> None:
         self.store = store
+        self.on_attempt = on_attempt  # called once an attempt is recorded (metrics)
         self.wall_clock = wall_clock
         self.poll_interval = poll_interval
         self.store_retry = store_retry

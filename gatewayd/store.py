@@ -387,6 +387,31 @@ class Store(abc.ABC):
     async def set_message_part_status(self, message_id: str, part: int, status: str) -> None:
         """Update the delivery status of one part."""
 
+    # Outbound queueing (gatewayd.outbound). Not abstract, so other backends can follow.
+
+    async def queue_message(self, message: MessageRecord, event: Event, destination: str) -> int:
+        """Store an outbound message, a stand-in event for it (``event.id == message.id``,
+        kept with type ``mt``) and one job for ``destination``, in ONE transaction; return
+        the job id. Nothing of it is written if any of it fails."""
+        raise NotImplementedError
+
+    async def ensure_message(self, message: MessageRecord) -> bool:
+        """Store ``message`` unless a message with its id exists; True if it was stored."""
+        raise NotImplementedError
+
+    async def message_concat_ref(self, message_id: str) -> int:
+        """The 8-bit concatenation reference of a multi-part message: how many multi-part
+        messages to the same number were stored before it, modulo 256. Derived from the
+        insertion order, so it is the same on every retry and after restarts."""
+        raise NotImplementedError
+
+    async def set_message_part_receipt(self, message_id: str, part: int, status: str) -> None:
+        """Record a receipt's status for one part, keeping ``updated_at`` (the submit time).
+
+        A final status (anything but ENROUTE/ACCEPTD/submitted) is never replaced by an
+        intermediate one that arrives late."""
+        raise NotImplementedError
+
     @abc.abstractmethod
     def add_job_listener(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(destination)`` after a commit adds jobs for ``destination``."""
@@ -1321,6 +1346,97 @@ class SqliteStore(Store):
 
         await self._write(fn)
 
+    @staticmethod
+    def _insert_message(conn: sqlite3.Connection, message: MessageRecord, now: float) -> bool:
+        cur = conn.execute(
+            "INSERT INTO messages (id, carrier, from_number, to_number, text, status_url,"
+            " delivery, custom, created_at, parts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (id) DO NOTHING",
+            (
+                message.id,
+                message.carrier,
+                message.from_number,
+                message.to_number,
+                message.text,
+                message.status_url,
+                message.delivery,
+                message.custom_json,
+                message.created_at or now,
+                message.parts,
+            ),
+        )
+        return cur.rowcount > 0
+
+    async def queue_message(self, message: MessageRecord, event: Event, destination: str) -> int:
+        if event.id != message.id:
+            raise ValueError("the stand-in event must have the message's id")
+        payload = event_to_json(event)
+
+        def fn(conn: sqlite3.Connection, op: _Op) -> int:
+            now = op.now
+            if not self._insert_message(conn, message, now):
+                raise ValueError(f"message {message.id} exists")
+            conn.execute(
+                "INSERT INTO events (id, type, carrier, source, destination, received_at,"
+                " created_at, json, dedup_key, status) VALUES (?, 'mt', ?, ?, ?, ?, ?, ?, NULL, ?)",
+                (
+                    event.id,
+                    event.carrier,
+                    event.source.addr,
+                    event.destination.addr,
+                    _epoch(event.received_at),
+                    now,
+                    payload,
+                    EventStatus.PENDING.value,
+                ),
+            )
+            cur = conn.execute(
+                "INSERT INTO jobs (event_id, destination, state, attempts, next_at,"
+                " created_at, updated_at) VALUES (?, ?, 'queued', 0, ?, ?, ?)",
+                (event.id, destination, now, now, now),
+            )
+            assert cur.lastrowid is not None
+            op.notify = (destination,)
+            return cur.lastrowid
+
+        return await self._write(fn)
+
+    async def ensure_message(self, message: MessageRecord) -> bool:
+        return await self._write(lambda conn, op: self._insert_message(conn, message, op.now))
+
+    async def message_concat_ref(self, message_id: str) -> int:
+        def query(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT rowid, to_number FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+            if row is None:
+                raise LookupError(f"no message {message_id}")
+            # A scan of the messages to one number (no index on to_number yet).
+            count = conn.execute(
+                "SELECT COUNT(*) FROM messages WHERE to_number = ? AND parts > 1 AND rowid < ?",
+                (row[1], row[0]),
+            ).fetchone()[0]
+            return int(count) % 256
+
+        return await self._read(query)
+
+    async def set_message_part_receipt(self, message_id: str, part: int, status: str) -> None:
+        intermediate = status in _INTERMEDIATE_PART_STATUSES
+
+        def fn(conn: sqlite3.Connection, op: _Op) -> None:
+            sql = "UPDATE message_parts SET status = ? WHERE message_id = ? AND part = ?"
+            if intermediate:
+                marks = ", ".join("?" * len(_INTERMEDIATE_PART_STATUSES))
+                sql += f" AND status IN ({marks})"
+                conn.execute(sql, (status, message_id, part, *_INTERMEDIATE_PART_STATUSES))
+            else:
+                conn.execute(sql, (status, message_id, part))
+
+        await self._write(fn)
+
+
+# Part statuses a later receipt may replace (see set_message_part_receipt).
+_INTERMEDIATE_PART_STATUSES: Final = ("submitted", "ENROUTE", "ACCEPTD")
 
 _PART_COLUMNS: Final = (
     "SELECT message_id, part, carrier, carrier_message_id, normalized_id, status, updated_at"

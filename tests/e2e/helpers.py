@@ -76,7 +76,8 @@ def config_text(sim_port: int, rx_url: str, extra: str = "") -> str:
           delivery: status
         """
         )
-        + extra
+        # the admin API on any free port, unless the test configures it itself
+        + (extra if "api:" in extra else 'api: {listen: "127.0.0.1:0"}\n' + extra)
     )
 
 

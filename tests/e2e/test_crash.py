@@ -44,6 +44,7 @@ def write_config(path: Path, sim_port: int, rx_url: str) -> None:
             routes:
               a2p: crm
             drain_grace: 1s
+            api: {{listen: "127.0.0.1:0"}}
             """
         ),
         encoding="utf-8",
