@@ -44,6 +44,7 @@ Exception map (all caught in :func:`perform`)::
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import email.utils
 import ipaddress
@@ -166,6 +167,157 @@ def _is_success(status: int, success: frozenset[int] | None) -> bool:
     return 200 <= status < 300 if success is None else status in success
 
 
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # httpx sends Content-Length: 0 for these
+_CACHE_SIZE = 64
+
+
+class _UrlPlan:
+    """What one request URL string costs to work out, kept while it repeats."""
+
+    __slots__ = ("auth", "target", "url", "url_obj")
+
+    def __init__(self, target: str, url: str) -> None:
+        self.target = target  # userinfo stripped: results and errors
+        self.url = url  # what is sent (the target when the request has its own auth)
+        self.url_obj: httpx.URL | None = None  # parsed on first send (inside perform's try)
+        self.auth: bytes | None = None  # Basic from the URL's userinfo, as httpx does it
+
+
+class _HeaderLayout:
+    """How the client's default headers merge with one request's header names."""
+
+    __slots__ = ("base", "host", "keys", "length_auto", "length_set")
+
+    def __init__(
+        self, defaults: Sequence[tuple[bytes, bytes, bytes]], names: Sequence[str]
+    ) -> None:
+        self.keys = [name.encode("ascii") for name in names]
+        lowers = {key.lower() for key in self.keys}
+        self.base = [(key, value) for key, lower, value in defaults if lower not in lowers]
+        self.host = b"host" not in lowers
+        self.length_set = b"content-length" in lowers
+        self.length_auto = not self.length_set and b"transfer-encoding" not in lowers
+
+
+class DirectSender:
+    """Sends a :class:`PreparedRequest` straight to an ``AsyncClient``'s transport.
+
+    ``AsyncClient.build_request`` + ``send`` cost ~250 µs per request (profiled: URL
+    parsing and merging, header merging twice over, the auth flow, the cookie jar, the
+    redirect loop, response wrapping) for things a destination never uses or that are the
+    same every time. This builds the same ``httpx.Request`` — same URL, the same headers
+    in the same order (the client's defaults, ours, Host, Content-Length, Basic from URL
+    userinfo), the client's timeouts — and hands it to the transport. The parsed URL and
+    the header merge are kept while they repeat. Not kept: cookies (a destination's
+    client never sends a receiver's cookies back). Only for plain clients
+    (:meth:`for_client`); anything else goes through ``client.send``.
+    """
+
+    def __init__(self, client: httpx.AsyncClient, transport: httpx.AsyncBaseTransport) -> None:
+        self._client = client
+        self._transport = transport
+        self._defaults = [(key, key.lower(), value) for key, value in client.headers.raw]
+        self._timeout = client.timeout.as_dict()
+        self._plans: dict[tuple[str, bool], _UrlPlan] = {}
+        self._layouts: dict[tuple[str, ...], _HeaderLayout] = {}
+
+    @classmethod
+    def for_client(cls, client: httpx.AsyncClient) -> DirectSender | None:
+        """A sender for ``client`` if skipping its machinery changes nothing we use: a
+        plain ``AsyncClient`` with no auth, hooks, base URL, params, cookies, mounts
+        (proxies) or redirect following."""
+        transport = getattr(client, "_transport", None)
+        if (
+            type(client) is not httpx.AsyncClient
+            or not isinstance(transport, httpx.AsyncBaseTransport)
+            or client.auth is not None
+            or client.follow_redirects
+            or any(client.event_hooks.values())
+            or str(client.base_url)
+            or client.params
+            or client.cookies
+            or getattr(client, "_mounts", None)
+        ):
+            return None
+        return cls(client, transport)
+
+    def plan(self, url: str, has_auth: bool) -> _UrlPlan:
+        key = (url, has_auth)
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= _CACHE_SIZE:  # composed URLs differ per event
+                self._plans.clear()
+            target = public_target(url)
+            plan = self._plans[key] = _UrlPlan(target, target if has_auth else url)
+        return plan
+
+    def _layout(self, names: tuple[str, ...]) -> _HeaderLayout:
+        layout = self._layouts.get(names)
+        if layout is None:
+            if len(self._layouts) >= _CACHE_SIZE:
+                self._layouts.clear()
+            layout = self._layouts[names] = _HeaderLayout(self._defaults, names)
+        return layout
+
+    def build(self, request: PreparedRequest, plan: _UrlPlan) -> httpx.Request | None:
+        """The request ``client.build_request`` would build (None: a relative URL, which
+        only the client knows how to merge)."""
+        url = plan.url_obj
+        if url is None:
+            url = httpx.URL(plan.url)  # InvalidURL: perform's caller sees it as before
+            if url.is_relative_url:
+                return None
+            username, password = url.username, url.password
+            if username or password:
+                token = base64.b64encode(f"{username}:{password}".encode())
+                plan.auth = b"Basic " + token
+            plan.url_obj = url
+        own = request.headers
+        layout = self._layout(tuple(name for name, _ in own))
+        method = request.method
+        body = request.body
+        # httpx's order: Host, Content-Length: 0 (empty POST/PUT/PATCH), the client's
+        # defaults not overridden, ours, Content-Length (a body), Authorization (userinfo).
+        raw: list[tuple[bytes, bytes]] = [(b"Host", url.netloc)] if layout.host else []
+        if layout.length_auto and not body and method in _BODY_METHODS:
+            raw.append((b"Content-Length", b"0"))
+        raw += layout.base
+        raw += zip(layout.keys, [value.encode("ascii") for _, value in own], strict=True)
+        if body and not layout.length_set:
+            raw.append((b"Content-Length", str(len(body)).encode("ascii")))
+        if plan.auth is not None:
+            raw.append((b"Authorization", plan.auth))
+        http_request = httpx.Request(
+            method,
+            url,
+            headers=raw,
+            stream=httpx.ByteStream(body),
+            extensions={"timeout": self._timeout},
+        )
+        http_request.read()  # the content is in memory: a transport may replay it
+        return http_request
+
+    async def send(self, request: PreparedRequest, plan: _UrlPlan) -> httpx.Response:
+        """Send and return the response, its body still to be read (``stream=True``)."""
+        client = self._client
+        if client.is_closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        http_request = self.build(request, plan)
+        if http_request is None:
+            http_request = client.build_request(
+                request.method,
+                plan.url,
+                headers=list(request.headers),
+                content=request.body or None,
+            )
+            return await client.send(http_request, stream=True)
+        response = await self._transport.handle_async_request(http_request)
+        if not isinstance(response.stream, httpx.AsyncByteStream):
+            raise TypeError("the transport must return an AsyncByteStream")
+        response.request = http_request
+        return response
+
+
 async def perform(
     client: httpx.AsyncClient,
     request: PreparedRequest,
@@ -174,13 +326,22 @@ async def perform(
     success: frozenset[int] | None = None,
     wall_clock: WallClock = time.time,
     secrets: Iterable[str] = (),
+    direct: DirectSender | None = None,
 ) -> AttemptResult:
-    """Send ``request`` once within ``time_limit`` seconds (in total) and judge the answer."""
-    secret_list = _request_secrets(request, secrets)
-    target = public_target(request.url)
-    url = request.url
-    if request.header("Authorization") is not None:
-        url = target  # explicit auth wins over userinfo (httpx would turn that into Basic)
+    """Send ``request`` once within ``time_limit`` seconds (in total) and judge the answer.
+
+    ``direct`` (built once per client with :meth:`DirectSender.for_client`) sends through
+    the client's transport without the client's per-request machinery; same request on
+    the wire, same outcomes."""
+    has_auth = request.header("Authorization") is not None
+    plan = direct.plan(request.url, has_auth) if direct is not None else None
+    if plan is not None:
+        target = plan.target
+        url = plan.url
+    else:
+        target = public_target(request.url)
+        url = target if has_auth else request.url
+        # explicit auth wins over userinfo (httpx would turn that into Basic)
     start = trio.current_time()
 
     def result(
@@ -196,7 +357,8 @@ async def perform(
             target=target,
             status_code=status_code,
             latency_ms=(trio.current_time() - start) * 1000.0,
-            error=redact(error, secret_list),
+            # The secrets are only looked for when there is text to redact.
+            error=redact(error, _request_secrets(request, secrets)) if error else "",
             response_excerpt=response_excerpt,
             retry_after=retry_after,
         )
@@ -206,13 +368,16 @@ async def perform(
     headers: httpx.Headers | None = None
     try:
         with trio.move_on_after(time_limit) as scope:
-            http_request = client.build_request(
-                request.method,
-                url,
-                headers=list(request.headers),
-                content=request.body or None,
-            )
-            response = await client.send(http_request, stream=True)
+            if plan is not None and direct is not None:
+                response = await direct.send(request, plan)
+            else:
+                http_request = client.build_request(
+                    request.method,
+                    url,
+                    headers=list(request.headers),
+                    content=request.body or None,
+                )
+                response = await client.send(http_request, stream=True)
             try:
                 status = response.status_code
                 headers = response.headers
@@ -292,6 +457,7 @@ class HttpDestination:
         self.name = config.name
         self.config = config
         self._client = (client_factory or make_client)(config)
+        self._direct = DirectSender.for_client(self._client)
         self._wall_clock = wall_clock
         self._secrets = config_secrets(config)
 
@@ -319,6 +485,7 @@ class HttpDestination:
             success=self.config.success,
             wall_clock=self._wall_clock,
             secrets=self._secrets,
+            direct=self._direct,
         )
 
     async def aclose(self) -> None:
@@ -530,6 +697,7 @@ class StatusUrlDelivery:
             follow_redirects=False,
             trust_env=False,
         )
+        self._direct = DirectSender.for_client(self._client)
 
     def prepare(
         self, url: str, event: Event, extra: Mapping[str, str] | None = None
@@ -560,6 +728,7 @@ class StatusUrlDelivery:
             self.prepare(url, event, extra),
             time_limit=self.timeout,
             wall_clock=self._wall_clock,
+            direct=self._direct,
         )
 
     async def aclose(self) -> None:
@@ -568,6 +737,7 @@ class StatusUrlDelivery:
 
 __all__ = [
     "BlockedAddress",
+    "DirectSender",
     "GuardedBackend",
     "HttpDestination",
     "StatusUrlDelivery",

@@ -60,6 +60,7 @@ IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE
 
 # RFC 9110 §5.6.2 token; §5.5 field values: no CTL but HTAB (obs-text allowed).
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_TOKENS = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+(?:\0[-!#$%&'*+.^_`|~0-9A-Za-z]+)*")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _TARGET = re.compile(rb"[\x21-\x7e]+")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
@@ -513,7 +514,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             raise httpx.UnsupportedProtocol("the URL has no host")
         origin = (scheme, host, url.port or (443 if scheme == "https" else 80))
         method = request.method
-        data, body, replayable = _serialize(request)
+        data, body, replayable, close = _serialize(request)
         timeouts = request.extensions.get("timeout") or {}
         read_timeout = timeouts.get("read")
         write_timeout = timeouts.get("write")
@@ -550,7 +551,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
                     raise httpx.RemoteProtocolError("unexpected 101 Switching Protocols")
                 head = await conn.read_head(read_timeout)
             reader, keep_alive = body_reader(head, method)
-            if request.headers.get("connection", "").lower() == "close":
+            if close:
                 keep_alive = False
             # The whole body is often in the buffer already: then no stream is needed and
             # the connection goes back to the pool before httpx sees the response.
@@ -626,9 +627,10 @@ class LeanTransport(httpx.AsyncBaseTransport):
         await self._pool.aclose()
 
 
-def _serialize(request: httpx.Request) -> tuple[bytes, bytes | None, bool]:
+def _serialize(request: httpx.Request) -> tuple[bytes, bytes | None, bool, bool]:
     """The request head (plus the body when small); what to send after it (b"": stream
-    ``request.stream``; None: nothing); whether the request can be sent again.
+    ``request.stream``; None: nothing); whether the request can be sent again; whether it
+    asks for ``Connection: close``.
 
     httpx has already added Host, Content-Length or Transfer-Encoding; this refuses
     anything that could split the message (CR/LF in a header: request smuggling)."""
@@ -636,20 +638,31 @@ def _serialize(request: httpx.Request) -> tuple[bytes, bytes | None, bool]:
     target = request.url.raw_path
     if _TOKEN.fullmatch(method) is None or _TARGET.fullmatch(target) is None:
         raise httpx.LocalProtocolError("invalid method or request target")
-    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-    for name, value in request.headers.raw:
-        if _TOKEN.fullmatch(name) is None or _BAD_VALUE.search(value) is not None:
-            raise httpx.LocalProtocolError(f"invalid header {name[:40]!r}")
-        parts += (name, b": ", value, b"\r\n")
-    parts.append(b"\r\n")
-    head = b"".join(parts)
+    raw = request.headers.raw
+    names = [name for name, _ in raw]
+    values = [value for _, value in raw]
+    # One regex pass over all names and one over all values (NUL is no token character:
+    # the count catches a name that contains the separator); the per-header loop only
+    # runs to name the offender.
+    joined = b"\0".join(names)
+    if (
+        raw and (_TOKENS.fullmatch(joined) is None or joined.count(b"\0") != len(names) - 1)
+    ) or _BAD_VALUE.search(b"\t".join(values)) is not None:
+        for name, value in raw:
+            if _TOKEN.fullmatch(name) is None or _BAD_VALUE.search(value) is not None:
+                raise httpx.LocalProtocolError(f"invalid header {name[:40]!r}")
+    lines = [b"%s: %s\r\n" % pair for pair in raw]
+    head = b"".join([method, b" ", target, b" HTTP/1.1\r\n", *lines, b"\r\n"])
+    # As ``request.headers.get("connection", "").lower() == "close"`` (values joined).
+    connection = [value for name, value in raw if name.lower() == b"connection"]
+    close = bool(connection) and b", ".join(connection).lower() == b"close"
     try:
         content = request.content
     except httpx.RequestNotRead:
-        return head, b"", False  # a streaming body: sent by _send_body, once
+        return head, b"", False, close  # a streaming body: sent by _send_body, once
     if len(content) > _SEND_SEPARATELY:
-        return head, content, True
-    return head + content, None, True
+        return head, content, True, close
+    return head + content, None, True, close
 
 
 async def _send_body(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -589,3 +590,137 @@ async def test_status_url_tls_verifies_the_url_host(
     else:
         assert result.outcome is Outcome.RETRY
         assert "certificate" in result.error.lower() or "hostname" in result.error.lower()
+
+
+# --- DirectSender: the client's machinery skipped, the same request built ------------------
+
+
+def _prepared(method: str, url: str, headers: list[tuple[str, str]], body: bytes) -> Any:
+    from gatewayd.payloads import PreparedRequest
+
+    return PreparedRequest(method=method, url=url, headers=tuple(headers), body=body)
+
+
+UA = ("User-Agent", "gatewayd/x")
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "headers", "body"),
+    [
+        ("POST", "http://h.example/in", [UA, ("Content-Type", "application/json")], b"{}"),
+        ("POST", "https://h.example:8443/in?a=1&b=%20", [UA, ("Idempotency-Key", "e1")], b"x"),
+        ("POST", "http://h.example/in", [UA], b""),
+        ("PUT", "http://h.example/in", [UA], b""),
+        ("PATCH", "http://h.example/in", [UA], b"y"),
+        ("GET", "http://h.example/in?id=1", [UA, ("Idempotency-Key", "e1")], b""),
+        ("DELETE", "http://h.example/in", [UA], b""),
+        ("POST", "http://u:p%40ss@h.example/in", [UA], b"z"),
+        ("POST", "http://us%C3%A9r@h.example/in", [UA], b"z"),
+        ("POST", "http://u:p@h.example/in", [UA, ("Authorization", "Bearer t")], b"z"),
+        ("POST", "http://h.example/in", [("accept", "a/b"), ("X-A", "1"), ("x-a", "2")], b"z"),
+        ("POST", "http://h.example/in", [("Host", "other"), ("Content-Length", "1")], b"z"),
+        ("POST", "http://h.example/in", [("Transfer-Encoding", "chunked")], b""),
+        ("POST", "http://[::1]:81/in", [("Connection", "close")], b"z"),
+        ("POST", "http://xn--bcher-kva.example/in", [UA], b"z"),
+    ],
+)
+def test_direct_sender_builds_what_the_client_builds(
+    method: str, url: str, headers: list[tuple[str, str]], body: bytes
+) -> None:
+    client = dhttp.make_client(UrlDestination(name="x", url="https://h/", timeout=3.0))
+    direct = dhttp.DirectSender.for_client(client)
+    assert direct is not None
+    request = _prepared(method, url, headers, body)
+    has_auth = request.header("Authorization") is not None
+    plan = direct.plan(url, has_auth)
+    for _ in range(2):  # the second time from the caches
+        ours = direct.build(request, plan)
+        assert ours is not None
+        theirs = client.build_request(
+            method, plan.url, headers=list(request.headers), content=body or None
+        )
+        # what client.send adds: Basic auth from the URL's userinfo
+        auth = client._build_request_auth(theirs)
+        theirs = next(auth.auth_flow(theirs))
+        assert (ours.method, ours.url) == (theirs.method, theirs.url)
+        assert ours.headers.raw == theirs.headers.raw
+        assert ours.content == theirs.content
+        assert ours.extensions == theirs.extensions
+    assert plan.target == dhttp.public_target(url)
+
+
+def test_direct_sender_only_for_plain_clients() -> None:
+    async def hook(request: httpx.Request) -> None:
+        pass
+
+    assert dhttp.DirectSender.for_client(httpx.AsyncClient()) is not None
+    for client in [
+        httpx.AsyncClient(auth=("u", "p")),
+        httpx.AsyncClient(follow_redirects=True),
+        httpx.AsyncClient(event_hooks={"request": [hook]}),
+        httpx.AsyncClient(base_url="http://h/"),
+        httpx.AsyncClient(params={"a": "1"}),
+        httpx.AsyncClient(cookies={"a": "1"}),
+        httpx.AsyncClient(mounts={"http://": httpx.AsyncHTTPTransport()}),
+    ]:
+        assert dhttp.DirectSender.for_client(client) is None
+
+
+async def test_other_clients_still_go_through_client_send() -> None:
+    seen: list[httpx.Request] = []
+
+    async def hook(request: httpx.Request) -> None:
+        seen.append(request)
+
+    def factory(config: UrlDestination) -> httpx.AsyncClient:
+        transport = httpx.MockTransport(lambda request: httpx.Response(201, content=b"hi"))
+        return httpx.AsyncClient(transport=transport, event_hooks={"request": [hook]})
+
+    result = await deliver_once(
+        UrlDestination(name="x", url="https://h/in"), client_factory=factory
+    )
+    assert (result.outcome, result.status_code, result.response_excerpt) == (
+        Outcome.DELIVERED,
+        201,
+        "hi",
+    )
+    assert len(seen) == 1
+
+
+@pytest.mark.parametrize("factory", [None, functools.partial(dhttp.make_client, stock=True)])
+async def test_direct_and_client_paths_send_the_same_bytes(
+    rx: WebhookReceiver, factory: Any
+) -> None:
+    """Through the real transports, the receiver sees the same request either way."""
+    config = url_dest(rx, auth=BasicAuth(username="u", password="p"), headers={"X-K": "v"})
+    direct = HttpDestination(config, client_factory=factory, wall_clock=lambda: NOW)
+    slow = HttpDestination(config, client_factory=factory, wall_clock=lambda: NOW)
+    slow._direct = None
+    try:
+        for destination in (direct, slow, direct):
+            result = await destination.deliver(make_mo(), JOB)
+            assert result.outcome is Outcome.DELIVERED
+    finally:
+        await direct.aclose()
+        await slow.aclose()
+    first, second, third = rx.requests
+    assert first.headers == second.headers == third.headers
+    assert first.body == second.body == third.body
+    assert first.target == second.target
+
+
+async def test_direct_sender_after_close_raises_like_the_client() -> None:
+    destination = HttpDestination(UrlDestination(name="x", url="http://127.0.0.1:9/in"))
+    await destination.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await destination.deliver(make_mo(), JOB)
+
+
+async def test_gzip_response_is_decoded_in_the_excerpt(rx: WebhookReceiver) -> None:
+    import gzip
+
+    rx.respond_with(
+        Reply(status=200, body=gzip.compress(b"zipped ok"), headers=(("Content-Encoding", "gzip"),))
+    )
+    result = await deliver_once(url_dest(rx))
+    assert (result.outcome, result.response_excerpt) == (Outcome.DELIVERED, "zipped ok")

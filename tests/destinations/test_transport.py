@@ -805,3 +805,35 @@ def test_garbage_only_ever_raises_protocol_errors(data: bytes, split: list[int])
                 await client.get("http://h/")
 
     trio.run(ours)
+
+
+@pytest.mark.parametrize(
+    ("headers", "ok"),
+    [
+        ([(b"X-A", b"1\t2"), (b"X-B", b"")], True),
+        ([(b"X\x00Y", b"1")], False),  # the separator of the one-pass check, inside a name
+        ([(b"", b"1")], False),
+        ([(b"X-A", b"1"), (b"X B", b"2")], False),
+        ([(b"X-A", b"1\r\nInjected: 1")], False),
+        ([(b"X-A", b"\x7f")], False),
+    ],
+)
+def test_serialize_checks_every_header(headers: list[tuple[bytes, bytes]], ok: bool) -> None:
+    from gatewayd.destinations.transport import _serialize
+
+    request = httpx.Request("POST", "http://h/x", headers=headers, content=b"ab")
+    if ok:
+        head, body, replayable, close = _serialize(request)
+        assert head.startswith(b"POST /x HTTP/1.1\r\nHost: h\r\nX-A: 1\t2\r\nX-B: \r\n")
+        assert head.endswith(b"\r\n\r\nab")
+        assert (body, replayable, close) == (None, True, False)
+    else:
+        with pytest.raises(httpx.LocalProtocolError):
+            _serialize(request)
+
+
+def test_serialize_sees_connection_close() -> None:
+    from gatewayd.destinations.transport import _serialize
+
+    assert _serialize(httpx.Request("GET", "http://h/", headers={"Connection": "Close"}))[3]
+    assert not _serialize(httpx.Request("GET", "http://h/", headers={"Connection": "x"}))[3]
