@@ -3,7 +3,8 @@
 It starts the built-in SMSC simulator and a webhook receiver on free loopback ports, writes
 a config for them in a temporary folder, runs the daemon against them, has the simulator
 send MOs (GSM 03.38 with escapes, UCS-2 with an emoji, a 3-part concatenated message, a
-keyword, a P2P message) and a delivery receipt, then prints what the receiver got.
+keyword, a P2P message), sends a message through the send API whose delivery receipt comes
+back correlated to it, then prints what the receiver got.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import TextIO
 
+import httpx
 import jwt
 import trio
 
@@ -24,6 +26,7 @@ from gatewayd.smpp.simulator import Simulator, SimulatorSettings
 from gatewayd.webhook_receiver import ReceivedRequest, open_webhook_receiver
 
 JWT_SECRET = "demo-secret-change-me-0123456789abcdef"
+API_TOKEN = "demo-api-token-0123456789"
 
 CONFIG = """\
 # Written by `gatewayd demo`: a carrier (the built-in simulator) and a webhook receiver.
@@ -59,7 +62,10 @@ routes:
   a2p: webhook
   p2p: webhook
   delivery: status
-api: {{listen: "127.0.0.1:0"}}   # any free port: the demo must not clash with a real gatewayd
+api:
+  listen: 127.0.0.1:0            # any free port: the demo must not clash with a real gatewayd
+  tokens: [{token}]
+  status_url_allow: [127.0.0.0/8]  # the demo's receiver is on loopback
 """
 
 GSM_TEXT = "Price: 10€ [promo] {today} ~ ok"
@@ -106,17 +112,34 @@ async def _send_all(sim: Simulator) -> int:
     # the parts arrive out of order, as they do from real networks
     for i in (2, 0, 1):
         sent.append((f"MO part {i + 1}/3", _mo(parts[i], esm=0x40)))
-    receipt = (
-        b"id:1A2B3C sub:001 dlvrd:001 submit date:2611220101 done date:2611220102 "
-        b"stat:DELIVRD err:000 text:Hello"
-    )
-    sent.append(("DLR", _mo(receipt, esm=0x04)))
     for key, fields in sent:
         status = await sim.deliver(key, fields)
         if status != P.ESME_ROK:
             raise RuntimeError(f"{key}: deliver_sm answered 0x{status:08x}")
-    # GSM, UCS-2, keyword (fan-out to 2), P2P, the joined long one, the receipt
-    return 1 + 1 + 2 + 1 + 1 + 1
+    # GSM, UCS-2, keyword (fan-out to 2), P2P, the joined long one
+    return 1 + 1 + 2 + 1 + 1
+
+
+async def _send_via_api(api_port: int, rx_url: str, out: TextIO) -> None:
+    """An outbound message through the send API; its receipt comes back to its status_url."""
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{api_port}",
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+    ) as client:
+        body = {
+            "from": "12345",
+            "to": "447700900001",
+            "text": "Your code is 482913",
+            "status_url": f"{rx_url}/dlr",
+            "custom": {"order": "A-1001"},
+        }
+        resp = await client.post("/v1/messages", json=body)
+        resp.raise_for_status()
+        answer = resp.json()
+        out.write(
+            f"POST /v1/messages -> {resp.status_code} {json.dumps(answer)}: queued on disk, "
+            "submitted to the SMSC, whose receipt comes back to the status_url.\n"
+        )
 
 
 def _describe(req: ReceivedRequest) -> str:
@@ -134,7 +157,19 @@ def _describe(req: ReceivedRequest) -> str:
             verified = "  [JWT verified]"
         summary = {
             k: body.get(k)
-            for k in ("type", "class", "from", "to", "keyword", "parts", "text", "status")
+            for k in (
+                "type",
+                "class",
+                "from",
+                "to",
+                "keyword",
+                "parts",
+                "text",
+                "status",
+                "message_uuid",
+                "units",
+                "custom",
+            )
             if body.get(k) not in (None, "")
         }
         text = summary.get("text")
@@ -152,7 +187,8 @@ async def run_demo(out: TextIO, *, wait_limit: float = 30.0) -> int:
             sim_port = await nursery.start(sim.serve)
             path = Path(tmp) / "gatewayd.yaml"
             path.write_text(
-                CONFIG.format(sim_port=sim_port, rx=rx.url, secret=JWT_SECRET), encoding="utf-8"
+                CONFIG.format(sim_port=sim_port, rx=rx.url, secret=JWT_SECRET, token=API_TOKEN),
+                encoding="utf-8",
             )
             config = load_config(path, env={"DEMO_PASSWORD": "demo-pw"})
             out.write(
@@ -163,16 +199,23 @@ async def run_demo(out: TextIO, *, wait_limit: float = 30.0) -> int:
             await nursery.start(daemon.run)
             with trio.fail_after(wait_limit):
                 expected = await _send_all(sim)
+                mos = len(sim.acked)
                 out.write(
-                    f"The simulator sent {len(sim.acked)} deliver_sm; each was acknowledged "
-                    "only after it was stored.\n\nWhat the receiver got:\n"
+                    f"The simulator sent {mos} deliver_sm; each was acknowledged "
+                    "only after it was stored.\n"
                 )
-                requests = await rx.wait_for(expected)
+                assert daemon.api_port is not None
+                await _send_via_api(daemon.api_port, rx.url, out)
+                out.write("\nWhat the receiver got:\n")
+                requests = await rx.wait_for(expected + 1)
+                while len(sim.acked) == mos:  # the receipt's own deliver_sm was acknowledged
+                    await trio.sleep(0.01)
             for req in requests:
                 out.write(f"  {_describe(req)}\n")
             out.write(
                 f"\n{len(requests)} webhook requests for {len(sim.acked)} deliver_sm "
-                "(the 3 parts became one message; STOP fanned out to 2 destinations).\n"
+                "(the 3 parts became one message; STOP fanned out to 2 destinations;\n"
+                "the receipt was matched to the message it reports on).\n"
             )
             daemon.stop()
             with trio.fail_after(10):

@@ -161,8 +161,26 @@ def default_json(event: Event, extra: Mapping[str, str] | None = None) -> dict[s
             "received_at": iso_utc(event.received_at),
         }
     if extra:
-        out.update({key: _clean(value) for key, value in extra.items()})
+        out.update({key: _json_value(key, value) for key, value in extra.items()})
     return out
+
+
+#: Correlation fields that are numbers in a JSON body (seed 003: ``"units": 2``).
+_NUMERIC_EXTRA = frozenset({"units", "part"})
+#: Fields that echo the send API's ``custom`` value, which may be any JSON value.
+_CUSTOM_EXTRA = frozenset({"custom", "custom_ticket"})
+
+
+def _json_value(key: str, value: str) -> Any:
+    """An ``extra`` value (text, as templates need it) typed back for a JSON body."""
+    if key in _NUMERIC_EXTRA and value.isdigit():
+        return int(value)
+    if key in _CUSTOM_EXTRA and value[:1] in ("{", "["):
+        try:
+            return json.loads(value)  # an object or array echoed as the client sent it
+        except ValueError:
+            pass
+    return _clean(value)
 
 
 def _as_text(value: Any) -> str:

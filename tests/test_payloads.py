@@ -121,7 +121,15 @@ def test_default_json_missing_dates_are_null_and_extra_is_added() -> None:
     assert body["submit_date"] is None
     assert body["done_date"] is None
     assert body["custom"] == "t-1"
-    assert body["units"] == "2"
+    assert body["units"] == 2  # a number in JSON, as seed 003 shows it
+
+
+def test_default_json_echoes_custom_objects_as_json() -> None:
+    body = payloads.default_json(make_dlr(), {"custom": '{"order":"A-1"}', "part": "3"})
+    assert body["custom"] == {"order": "A-1"}
+    assert body["part"] == 3
+    odd = payloads.default_json(make_dlr(), {"custom": "{not json", "units": "x"})
+    assert (odd["custom"], odd["units"]) == ("{not json", "x")
 
 
 def test_dates_are_converted_to_utc() -> None:

@@ -23,7 +23,10 @@ def test_demo_runs_and_shows_every_delivery() -> None:
     assert "What the receiver got:" in out
     assert out.count("POST /sms/in") == 5  # GSM, UCS-2, keyword, P2P, the joined long one
     assert out.count("POST /legacy/stop.php") == 1  # the keyword's fan-out
-    assert out.count("GET  /sms/status") == 1  # the receipt, composed GET URL
+    assert "POST /v1/messages -> 202" in out  # the send API
+    # its receipt, matched to the message and pushed to the message's status_url
+    assert out.count("POST /dlr") == 1
+    assert '"custom": {"order": "A-1001"}' in out
     assert "Price: 10€ [promo] {today} ~ ok" in out
     assert "Привет, мир 👋" in out
     assert '"parts": 3' in out
