@@ -1,8 +1,14 @@
 """Delivery: per-destination workers that claim due jobs from the store and try them.
 
-Each destination has its own *lane*: a loop that claims due jobs up to the
-destination's concurrency limit and one task per claimed job. Lanes share nothing but
-the store, so a slow or dead destination never delays another.
+Each destination has its own *lane*: a loop that claims due jobs in batches (up to
+``PREFETCH`` times the destination's concurrency, into a local queue), one task per
+attempt (at most ``concurrency`` at once) and a recorder task that records every attempt
+finished so far in one write (:meth:`Store.record_attempts`). Jobs that ``persist``
+creates while the lane has room and nothing older is queued are handed over in memory
+(the lane is the store's :class:`~gatewayd.store.JobTaker`): written ``inflight`` in the
+ingest transaction, so they need no claim and no JSON decoding, and a crash re-queues
+them like any claimed job. Lanes share nothing but the store, so a slow or dead
+destination never delays another.
 
 The retry schedule lives in the store (``next_at``, wall-clock epoch seconds), not in
 memory, so jobs waiting for a retry survive restarts. :func:`next_attempt_at` is the
@@ -13,9 +19,11 @@ process).
 
 Time: trio's clock for sleeping, ``wall_clock`` (epoch seconds) for what is persisted.
 
-Stopping: :meth:`Dispatcher.drain` stops claiming, lets in-flight attempts finish
-within the grace period, then cancels the rest. Unclaimed jobs stay queued; attempts cut
-off stay in flight in the store and are re-queued when the store's writer next starts.
+Stopping: :meth:`Dispatcher.drain` stops claiming, lets in-flight attempts finish (and
+be recorded) within the grace period, then cancels the rest. Claimed jobs not yet tried
+are released back to the queue; unclaimed jobs stay queued; attempts cut off (and jobs
+held when the release fails) stay in flight in the store and are re-queued when the
+store's writer next starts.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
@@ -30,7 +39,7 @@ import trio
 
 from gatewayd.config import RetryPolicy
 from gatewayd.destinations.base import AttemptResult, Destination, Outcome
-from gatewayd.store import ClaimedJob, JobState, Store, StoreError
+from gatewayd.store import ClaimedJob, JobState, RecordItem, Store, StoreError
 
 __all__ = [
     "MAX_RETRY_AFTER",
@@ -45,6 +54,7 @@ log = logging.getLogger("gatewayd.dispatch")
 MIN_RETRY_AFTER = 1.0  # seconds: a peer's Retry-After is never honoured below this
 MAX_RETRY_AFTER = 86400.0  # and never above this (nor above the policy's max)
 REMOVED_REASON = "destination removed from the configuration"
+PREFETCH = 3  # a lane claims up to this many times its concurrency ahead
 
 
 def next_attempt_at(
@@ -101,60 +111,143 @@ class _Generation:
 
 
 class _Lane:
+    """One destination's loop. Jobs pass through three stages:
+
+    ``ready``: claimed in batches of up to ``PREFETCH`` times the concurrency (or handed
+    over by the store from ``persist``), in flight in the store, not yet tried; attempts
+    (at most ``concurrency`` at once); ``finished``: tried, waiting for the recorder task,
+    which records everything finished in ONE write. A job leaves the store's ``inflight``
+    state only by that record, or by :meth:`Store.release` when the lane stops before
+    trying it; anything cut off stays in flight and is re-queued at the next start.
+    """
+
     def __init__(self, dispatcher: Dispatcher, name: str, target: Target) -> None:
         self.d = dispatcher
         self.name = name
         self.gen = _Generation(target)
-        self.inflight = 0
+        self.inflight = 0  # attempts in progress
+        self.ready: deque[ClaimedJob] = deque()
+        self.reserved = 0  # hand-offs the store promised (job written in flight)
+        self.unreserved = trio.Event()
+        self.unreserved.set()
+        self.finished: list[tuple[ClaimedJob, RecordItem]] = []
+        self.record_wake = trio.Event()
+        self.closing = False
+        # The last claim found no more due jobs and nothing was queued since: new jobs
+        # may be handed over in memory, and the store is only asked again when due_at
+        # (its earliest queued job) or the poll time comes.
+        self.store_empty = False
+        self.due_at: float | None = None
+        self.notified = 0
         self.wake = trio.Event()
         self.stopping = False
         self.removed = False
         self.done = trio.Event()
+
+    @property
+    def capacity(self) -> int:
+        return max(self.gen.target.concurrency, 1) * PREFETCH
 
     def stop(self, *, removed: bool = False) -> None:
         self.stopping = True
         self.removed = self.removed or removed
         self.wake.set()
 
+    def notify(self) -> None:
+        """Jobs were queued in the store for this lane."""
+        self.notified += 1
+        self.store_empty = False
+        self.wake.set()
+
+    # JobTaker, per lane (see Dispatcher.reserve)
+    def reserve(self) -> bool:
+        if self.stopping or not self.store_empty:
+            return False
+        if self.inflight + len(self.ready) + self.reserved >= self.capacity:
+            return False
+        self.reserved += 1
+        self.unreserved = trio.Event() if self.unreserved.is_set() else self.unreserved
+        return True
+
+    def settle(self, job: ClaimedJob | None) -> None:
+        self.reserved -= 1
+        if self.reserved == 0:
+            self.unreserved.set()
+        if job is not None:
+            self.ready.append(job)
+            self.wake.set()
+
     async def run(self) -> None:
         try:
-            async with trio.open_nursery() as nursery:
-                await self._claim_loop(nursery)
+            async with trio.open_nursery() as outer:
+                outer.start_soon(self._record_loop)
+                async with trio.open_nursery() as nursery:
+                    await self._claim_loop(nursery)
+                await self._release_ready()
+                self.closing = True
+                self.record_wake.set()
             if self.removed:
                 await self._dead_letter()
         finally:
             self.done.set()
 
+    def _start_ready(self, nursery: trio.Nursery) -> None:
+        limit = max(self.gen.target.concurrency, 1)
+        while self.ready and self.inflight < limit and not self.stopping:
+            item = self.ready.popleft()
+            gen = self.gen
+            self.inflight += 1
+            gen.begin()
+            nursery.start_soon(self._attempt, item, gen)
+
     async def _claim_loop(self, nursery: trio.Nursery) -> None:
         d = self.d
+        next_poll = -math.inf
         while not self.stopping:
             # Reset before claiming: a notify that lands from here on wakes the wait.
             self.wake = trio.Event()
-            free = max(self.gen.target.concurrency, 1) - self.inflight
-            claimed: list[ClaimedJob] = []
-            deadline: float | None = None
-            if free > 0:
+            self._start_ready(nursery)
+            queued = len(self.ready) + self.reserved
+            free = self.capacity - self.inflight - queued
+            now = trio.current_time()
+            wake_at = next_poll
+            due = not self.store_empty or now >= next_poll
+            if self.due_at is not None and now >= self.due_at:
+                due = True
+            # Refill in batches: only once less than one round of attempts is queued.
+            if due and free > 0 and queued < max(self.gen.target.concurrency, 1):
+                seq = self.notified
+                next_poll = wake_at = now + d.poll_interval
                 try:
                     claimed = await d.store.claim_due(self.name, d.wall_clock(), free)
                 except StoreError as exc:
                     log.warning("claim failed: %s", exc, extra={"destination": self.name})
-                    deadline = trio.current_time() + d.store_retry
-                for item in claimed:
-                    gen = self.gen
-                    self.inflight += 1
-                    gen.begin()
-                    nursery.start_soon(self._attempt, item, gen)
-                if len(claimed) == free:
-                    continue  # there may be more due: claim again if slots allow
-                if deadline is None:
-                    deadline = await self._next_deadline()
-            with trio.move_on_at(
-                min(
-                    deadline if deadline is not None else math.inf,
-                    trio.current_time() + d.poll_interval,
-                )
-            ):
+                    self.store_empty = False
+                    wake_at = trio.current_time() + d.store_retry
+                else:
+                    self.ready.extend(claimed)
+                    self._start_ready(nursery)
+                    if len(claimed) == free:
+                        continue  # there may be more due: claim again if slots allow
+                    if self.notified == seq:
+                        self.store_empty = True
+                    self.due_at = await self._next_deadline()
+            if self.store_empty and self.due_at is not None:
+                wake_at = min(wake_at, self.due_at)
+            with trio.move_on_at(wake_at):
                 await self.wake.wait()
+
+    async def _release_ready(self) -> None:
+        """The lane stops: put the jobs it holds but never tried back in the queue."""
+        with trio.move_on_after(10):
+            await self.unreserved.wait()  # hand-offs still being committed
+        jobs, self.ready = self.ready, deque()
+        if not jobs:
+            return
+        try:
+            await self.d.store.release([item.job.id for item in jobs])
+        except StoreError as exc:  # they stay in flight: re-queued at the next start
+            log.warning("releasing jobs failed: %s", exc, extra={"destination": self.name})
 
     async def _next_deadline(self) -> float | None:
         d = self.d
@@ -195,40 +288,62 @@ class _Lane:
                     target.retry, job.attempt, d.wall_clock(), result.retry_after
                 )
                 final = JobState.DEAD if next_at is None else None
-            extra = {
-                "event_id": job.event_id,
-                "destination": self.name,
-                "attempt": job.attempt,
-                "outcome": result.outcome.value,
-            }
-            if final is JobState.DEAD:
-                log.warning("dead-lettered: %s", result.error, extra=extra)
-            elif final is None:
-                log.info("attempt failed, will retry: %s", result.error, extra=extra)
-            await self._record(job.id, result, next_at, final)
-            if d.on_attempt is not None:
-                d.on_attempt(self.name, item, result, final)
+            if final is not JobState.DELIVERED and final is not JobState.DROPPED:
+                extra = {
+                    "event_id": job.event_id,
+                    "destination": self.name,
+                    "attempt": job.attempt,
+                    "outcome": result.outcome.value,
+                }
+                if final is JobState.DEAD:
+                    log.warning("dead-lettered: %s", result.error, extra=extra)
+                else:
+                    log.info("attempt failed, will retry: %s", result.error, extra=extra)
+            self.finished.append(
+                (item, RecordItem(job_id=job.id, result=result, next_at=next_at, final_state=final))
+            )
+            self.record_wake.set()
         finally:
             self.inflight -= 1
             gen.end()
             self.wake.set()
 
-    async def _record(
-        self, job_id: int, result: AttemptResult, next_at: float | None, final: JobState | None
-    ) -> None:
-        # The attempt happened: keep trying to record it while the store is failing.
-        # If we are cancelled first the job stays in flight and is re-queued on restart.
+    async def _record_loop(self) -> None:
+        """Record finished attempts, everything finished so far in one write."""
+        d = self.d
+        while True:
+            await self.record_wake.wait()
+            self.record_wake = trio.Event()
+            while self.finished:
+                batch, self.finished = self.finished, []
+                await self._record([entry for _, entry in batch])
+                self._retries_queued([e.next_at for _, e in batch if e.next_at is not None])
+                if d.on_attempt is not None:
+                    for item, entry in batch:
+                        d.on_attempt(self.name, item, entry.result, entry.final_state)
+            if self.closing:
+                return
+
+    def _retries_queued(self, next_ats: list[float]) -> None:
+        """Retries were queued in the store: the claim loop must look again when due."""
+        if not next_ats:
+            return
+        at = trio.current_time() + max(min(next_ats) - self.d.wall_clock(), 0.0)
+        self.due_at = at if self.due_at is None else min(self.due_at, at)
+        self.wake.set()
+
+    async def _record(self, items: list[RecordItem]) -> None:
+        # The attempts happened: keep trying to record them while the store is failing.
+        # If we are cancelled first the jobs stay in flight and are re-queued on restart.
         delay = self.d.store_retry
         while True:
             try:
-                await self.d.store.record_attempt(
-                    job_id, result, next_at=next_at, final_state=final
-                )
+                await self.d.store.record_attempts(items)
             except StoreError as exc:
                 log.warning(
-                    "recording an attempt failed: %s",
+                    "recording attempts failed: %s",
                     exc,
-                    extra={"destination": self.name, "job_id": job_id},
+                    extra={"destination": self.name, "jobs": [i.job_id for i in items]},
                 )
                 await trio.sleep(delay)
                 delay = min(delay * 2, 30.0)
@@ -289,13 +404,29 @@ class Dispatcher:
         """New jobs for ``destination`` were committed: wake its lane now."""
         lane = self._lanes.get(destination)
         if lane is not None:
-            lane.wake.set()
+            lane.notify()
+
+    # JobTaker: the store hands jobs that persist creates straight to their lane.
+    def reserve(self, destination: str) -> object | None:
+        lane = self._lanes.get(destination)
+        if lane is None or self._draining or not lane.reserve():
+            return None
+        return lane
+
+    def accept(self, token: object, job: ClaimedJob) -> None:
+        assert isinstance(token, _Lane)
+        token.settle(job)
+
+    def cancel(self, token: object) -> None:
+        assert isinstance(token, _Lane)
+        token.settle(None)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Deliver until cancelled or drained."""
         if self._nursery is not None:
             raise RuntimeError("the dispatcher is already running")
         self.store.add_job_listener(self.notify)
+        self.store.set_job_taker(self)
         try:
             with trio.CancelScope() as scope:
                 self._scope = scope
@@ -307,6 +438,7 @@ class Dispatcher:
                     await self._all_done.wait()
                     nursery.cancel_scope.cancel()
         finally:
+            self.store.set_job_taker(None)
             self.store.remove_job_listener(self.notify)
             self._nursery = None
             self._scope = None

@@ -8,7 +8,7 @@ outbound messages with their carrier message ids.
 Writes: group commit
 --------------------
 One writer task (:meth:`SqliteStore.run`) owns the write connection. Every write
-(``persist``, ``claim_due``, ``record_attempt``, ``replay``, ...) is queued as an
+(``persist``, ``claim_due``, ``record_attempts``, ``replay``, ...) is queued as an
 operation and the writer drains *everything* queued into ONE transaction, commits it
 (one fsync with ``synchronous=FULL``) and wakes all waiters. Each operation runs under a
 savepoint, so a logic error in one (an unknown event id) fails only that one. If the
@@ -17,9 +17,18 @@ batch is rolled back and every waiter gets :class:`StoreError`; the writer carri
 and later batches succeed once the cause is gone. There is no "wait to collect" window:
 a batch is whatever arrived while the previous one was committing.
 
-By default a batch runs in a worker thread (``trio.to_thread``) so an fsync never stalls
-the event loop; ``use_thread=False`` runs it inline (more rows/s, but the loop
-blocks for the whole commit), and reads too. ``bench/bench_store.py`` measures both.
+The statements of a batch always run on the event loop. Where COMMIT (the fsync) runs
+depends on ``use_thread``: ``"auto"`` (the default) commits inline while recent commits
+are fast (the p90 of the last :data:`COMMIT_WINDOW` commits under
+:data:`INLINE_COMMIT_MAX` seconds: a thread hop costs ~100 µs plus GIL re-acquisition,
+more than a fast fsync) and in a worker thread (``trio.to_thread``) otherwise, so a slow
+disk never stalls the event loop; ``True`` always commits in a thread; ``False`` runs
+commits and reads inline. ``bench/bench_store.py`` measures both.
+
+Hand-off: a :class:`JobTaker` (the dispatcher) may take a job that ``persist`` creates
+straight into memory. The job is then written ``inflight`` in the same transaction (so a
+crash re-queues it, exactly like a claimed job) and given to the taker after the commit,
+with the event object itself: no ``claim_due`` and no JSON decoding for it.
 
 When the writer is not running (command-line tools, tests) a write runs as its own
 transaction in a thread.
@@ -44,9 +53,10 @@ import enum
 import logging
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 import attrs
 import trio
@@ -65,12 +75,14 @@ __all__ = [
     "JobCount",
     "JobRecord",
     "JobState",
+    "JobTaker",
     "MessagePartRecord",
     "MessageRecord",
     "Page",
     "PersistItem",
     "PersistResult",
     "PersistStatus",
+    "RecordItem",
     "SqliteStore",
     "Store",
     "StoreClosed",
@@ -85,6 +97,8 @@ T = TypeVar("T")
 
 RESPONSE_EXCERPT_MAX: Final = 1024  # bytes of UTF-8 kept of a peer's answer
 ERROR_MAX: Final = 1024
+COMMIT_WINDOW: Final = 50  # commits the adaptive inline/thread choice looks back on
+INLINE_COMMIT_MAX: Final = 0.002  # s: commit inline while the p90 commit is faster
 
 
 # --------------------------------------------------------------------------- errors
@@ -177,6 +191,31 @@ class ClaimedJob:
 
     job: Job
     event: Event
+
+
+@attrs.frozen(kw_only=True)
+class RecordItem:
+    """One finished attempt for :meth:`Store.record_attempts`."""
+
+    job_id: int
+    result: AttemptResult
+    next_at: float | None
+    final_state: JobState | None = None
+
+
+class JobTaker(Protocol):
+    """Takes jobs created by ``persist`` into memory (see the module docstring).
+
+    ``reserve`` runs inside the write transaction and returns a token, or None to leave
+    the job queued in the store. Every token is settled exactly once after the commit:
+    ``accept(token, job)`` if the job is durable (``inflight``), else ``cancel(token)``.
+    """
+
+    def reserve(self, destination: str) -> object | None: ...
+
+    def accept(self, token: object, job: ClaimedJob) -> None: ...
+
+    def cancel(self, token: object) -> None: ...
 
 
 @attrs.frozen(kw_only=True)
@@ -311,6 +350,17 @@ class Store(abc.ABC):
         final_state: JobState | None = None,
     ) -> None:
         """Record one attempt; the job becomes ``final_state`` or is queued for ``next_at``."""
+
+    async def record_attempts(self, items: Sequence[RecordItem]) -> None:
+        """Record many attempts (one write where the backend can batch)."""
+        for item in items:
+            await self.record_attempt(
+                item.job_id, item.result, next_at=item.next_at, final_state=item.final_state
+            )
+
+    def set_job_taker(self, taker: JobTaker | None) -> None:
+        """Let ``taker`` take new jobs in memory (backends may ignore it)."""
+        return
 
     @abc.abstractmethod
     async def release(self, job_ids: Sequence[int]) -> None:
@@ -552,7 +602,7 @@ def _summarize(rows: Iterable[tuple[str, int, int | None]]) -> EventStatus:
 class _Op:
     """One queued write: a function of the write connection, and its outcome."""
 
-    __slots__ = ("done", "error", "fn", "notify", "now", "result")
+    __slots__ = ("done", "error", "fn", "handoff", "notify", "now", "result")
 
     def __init__(self, fn: Callable[[sqlite3.Connection, _Op], Any], now: float) -> None:
         self.fn = fn
@@ -561,6 +611,7 @@ class _Op:
         self.result: Any = None
         self.error: BaseException | None = None
         self.notify: tuple[str, ...] = ()  # destinations that got new jobs
+        self.handoff: list[tuple[object, ClaimedJob]] = []  # JobTaker tokens to settle
 
 
 # --------------------------------------------------------------------------- SQLite
@@ -580,7 +631,7 @@ class SqliteStore(Store):
         synchronous: Synchronous = "FULL",
         busy_timeout: float = 5.0,
         dedup_window: float = 600.0,
-        use_thread: bool = True,
+        use_thread: bool | Literal["auto"] = "auto",
         max_batch: int = 4096,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -609,6 +660,11 @@ class SqliteStore(Store):
         self._listeners: list[Callable[[str], None]] = []
         self.batches = 0  # committed batches, for tests and metrics
         self.commit_seconds: list[float] = []  # recent commit durations (bounded)
+        self.inline_commits = 0  # commits run on the event loop (for tests)
+        # Adaptive commit: the last COMMIT_WINDOW COMMIT durations, and how many were slow.
+        self._commit_times: deque[float] = deque()
+        self._slow_commits = 0
+        self._taker: JobTaker | None = None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -653,6 +709,9 @@ class SqliteStore(Store):
         if listener in self._listeners:
             self._listeners.remove(listener)
 
+    def set_job_taker(self, taker: JobTaker | None) -> None:
+        self._taker = taker
+
     # ----------------------------------------------------------------- the writer
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -688,15 +747,48 @@ class SqliteStore(Store):
         await trio.lowlevel.checkpoint()
         return fn()
 
+    def _commit_inline(self) -> bool:
+        if self.use_thread == "auto":
+            # p90 < INLINE_COMMIT_MAX <=> fewer than 10% of the recent commits were slower
+            return self._slow_commits * 10 < max(len(self._commit_times), 1)
+        return not self.use_thread
+
+    def _note_commit_time(self, seconds: float) -> None:
+        times = self._commit_times
+        times.append(seconds)
+        if seconds >= INLINE_COMMIT_MAX:
+            self._slow_commits += 1
+        if len(times) > COMMIT_WINDOW and times.popleft() >= INLINE_COMMIT_MAX:
+            self._slow_commits -= 1
+
+    async def _run_commit(self) -> None:
+        """COMMIT (the fsync, any WAL checkpoint): inline or in a thread, timed."""
+        conn = self._wconn
+        if self._commit_inline():
+            self.inline_commits += 1
+            start = time.perf_counter()
+            try:
+                conn.execute("COMMIT")
+            finally:
+                self._note_commit_time(time.perf_counter() - start)
+            return
+
+        def commit() -> float:
+            start = time.perf_counter()
+            conn.execute("COMMIT")
+            return time.perf_counter() - start  # without the thread hop
+
+        self._note_commit_time(await trio.to_thread.run_sync(commit))
+
     async def _commit(self, batch: list[_Op]) -> None:
-        """Commit a batch: statements on the loop, the fsync in a thread.
+        """Commit a batch: statements on the loop, the fsync inline or in a thread.
 
         The statements are CPU work (~25 µs a row) and run inline: in a thread they would
         fight the event loop for the GIL at every sqlite call. BEGIN is tried without
         waiting and only waits for a lock (busy_timeout) in a thread. COMMIT, where the
-        fsync and any WAL checkpoint happen, runs in a thread with ``use_thread``.
+        fsync and any WAL checkpoint happen, runs as ``use_thread`` says (see the module
+        docstring).
         """
-        conn = self._wconn
         start = time.perf_counter()
         try:
             try:
@@ -708,7 +800,7 @@ class SqliteStore(Store):
                     try:
                         # Shielded: the transaction is applied, let the fsync finish.
                         with trio.CancelScope(shield=True):
-                            await self._offload(lambda: conn.execute("COMMIT"))
+                            await self._run_commit()
                     except sqlite3.Error as exc:
                         self._rollback()
                         self._fail_batch(batch, exc, "commit")
@@ -720,6 +812,7 @@ class SqliteStore(Store):
             self._rollback()
             for op in batch:
                 op.error = StoreClosed("the store writer stopped")
+                self._settle_handoff(op)
                 op.done.set()
             raise
         self.batches += 1
@@ -727,10 +820,25 @@ class SqliteStore(Store):
         for op in batch:
             if op.error is None:
                 notify.update(op.notify)
+            self._settle_handoff(op)
             op.done.set()
         for name in sorted(notify):
             for listener in list(self._listeners):
                 listener(name)
+
+    def _settle_handoff(self, op: _Op) -> None:
+        """Give jobs taken in memory to the taker once durable; else cancel them."""
+        if not op.handoff or self._taker is None:
+            return
+        handoff, op.handoff = op.handoff, []
+        for token, job in handoff:
+            try:
+                if op.error is None:
+                    self._taker.accept(token, job)
+                else:
+                    self._taker.cancel(token)
+            except Exception:  # pragma: no cover - a taker must not raise
+                log.exception("job taker failed")
 
     async def _begin(self) -> None:
         conn = self._wconn
@@ -872,15 +980,29 @@ class SqliteStore(Store):
         if cur.rowcount == 0:  # the same event persisted again (a retried persist)
             return PersistResult(status=PersistStatus.DUPLICATE, event_id=event.id)
         job_ids = []
+        queued: list[str] = []
+        taker = self._taker
         for name in item.destinations:
-            cur = conn.execute(
-                "INSERT INTO jobs (event_id, destination, state, attempts, next_at,"
-                " created_at, updated_at) VALUES (?, ?, 'queued', 0, ?, ?, ?)",
-                (event.id, name, now, now, now),
-            )
+            # Taken in memory: written in flight, so a crash re-queues it (requeue_inflight).
+            token = None if taker is None else taker.reserve(name)
+            try:
+                cur = conn.execute(
+                    "INSERT INTO jobs (event_id, destination, state, attempts, next_at,"
+                    " created_at, updated_at) VALUES (?, ?, ?, 0, ?, ?, ?)",
+                    (event.id, name, "queued" if token is None else "inflight", now, now, now),
+                )
+            except BaseException:
+                if taker is not None and token is not None:
+                    taker.cancel(token)
+                raise
             assert cur.lastrowid is not None
             job_ids.append(cur.lastrowid)
-        op.notify = item.destinations
+            if token is None:
+                queued.append(name)
+            else:
+                job = Job(id=cur.lastrowid, event_id=event.id, destination=name, attempt=1)
+                op.handoff.append((token, ClaimedJob(job=job, event=event)))
+        op.notify = tuple(queued)
         return PersistResult(status=PersistStatus.STORED, event_id=event.id, job_ids=tuple(job_ids))
 
     # ----------------------------------------------------------------- dispatcher
@@ -931,55 +1053,85 @@ class SqliteStore(Store):
         next_at: float | None,
         final_state: JobState | None = None,
     ) -> None:
+        state = self._state_after(next_at, final_state)
+
+        def op(conn: sqlite3.Connection, op: _Op) -> None:
+            if not self._record_op(conn, op.now, job_id, result, next_at, state):
+                raise LookupError(f"no job {job_id}")
+
+        await self._write(op)
+
+    async def record_attempts(self, items: Sequence[RecordItem]) -> None:
+        """Record many attempts in ONE write operation (the dispatcher's batches).
+
+        A job that no longer exists is skipped with a warning; the others are recorded.
+        """
+        todo = [(i, self._state_after(i.next_at, i.final_state)) for i in items]
+
+        def op(conn: sqlite3.Connection, op: _Op) -> None:
+            for item, state in todo:
+                if not self._record_op(conn, op.now, item.job_id, item.result, item.next_at, state):
+                    log.warning("recording an attempt: no such job", extra={"job_id": item.job_id})
+
+        if todo:
+            await self._write(op)
+
+    @staticmethod
+    def _state_after(next_at: float | None, final_state: JobState | None) -> JobState:
         if final_state is None:
             if next_at is None:
                 raise ValueError("a job that is not final needs next_at")
-            state = JobState.QUEUED
-        elif final_state in FINAL_STATES:
-            state = final_state
-        else:
-            raise ValueError(f"{final_state} is not a final state")
+            return JobState.QUEUED
+        if final_state in FINAL_STATES:
+            return final_state
+        raise ValueError(f"{final_state} is not a final state")
 
-        def op(conn: sqlite3.Connection, op: _Op) -> None:
-            row = conn.execute(
-                "SELECT event_id, destination, attempts FROM jobs WHERE id = ?", (job_id,)
-            ).fetchone()
-            if row is None:
-                raise LookupError(f"no job {job_id}")
-            event_id, destination, attempts = row
-            now = op.now
-            conn.execute(
-                "INSERT INTO attempts (job_id, event_id, destination, attempt, at, target,"
-                " status_code, latency_ms, error, response_excerpt, outcome)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    job_id,
-                    event_id,
-                    destination,
-                    attempts + 1,
-                    now,
-                    result.target,
-                    result.status_code,
-                    result.latency_ms,
-                    _excerpt(result.error, ERROR_MAX),
-                    _excerpt(result.response_excerpt, RESPONSE_EXCERPT_MAX),
-                    result.outcome.value,
-                ),
-            )
-            conn.execute(
-                "UPDATE jobs SET state = ?, attempts = attempts + 1, next_at = ?,"
-                " last_error = ?, updated_at = ? WHERE id = ?",
-                (
-                    state.value,
-                    now if next_at is None else next_at,
-                    _excerpt(result.error, ERROR_MAX),
-                    now,
-                    job_id,
-                ),
-            )
-            self._update_status(conn, event_id)
-
-        await self._write(op)
+    def _record_op(
+        self,
+        conn: sqlite3.Connection,
+        now: float,
+        job_id: int,
+        result: AttemptResult,
+        next_at: float | None,
+        state: JobState,
+    ) -> bool:
+        row = conn.execute(
+            "SELECT event_id, destination, attempts FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        if row is None:
+            return False
+        event_id, destination, attempts = row
+        conn.execute(
+            "INSERT INTO attempts (job_id, event_id, destination, attempt, at, target,"
+            " status_code, latency_ms, error, response_excerpt, outcome)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                job_id,
+                event_id,
+                destination,
+                attempts + 1,
+                now,
+                result.target,
+                result.status_code,
+                result.latency_ms,
+                _excerpt(result.error, ERROR_MAX),
+                _excerpt(result.response_excerpt, RESPONSE_EXCERPT_MAX),
+                result.outcome.value,
+            ),
+        )
+        conn.execute(
+            "UPDATE jobs SET state = ?, attempts = attempts + 1, next_at = ?,"
+            " last_error = ?, updated_at = ? WHERE id = ?",
+            (
+                state.value,
+                now if next_at is None else next_at,
+                _excerpt(result.error, ERROR_MAX),
+                now,
+                job_id,
+            ),
+        )
+        self._update_status(conn, event_id)
+        return True
 
     async def release(self, job_ids: Sequence[int]) -> None:
         ids = list(job_ids)

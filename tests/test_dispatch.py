@@ -406,3 +406,121 @@ async def test_recording_retries_while_the_store_fails(
         nursery.cancel_scope.cancel()
     assert len(crm.calls) == 1  # the attempt is not repeated, only its recording
     assert (await store.get_event(event_id)).status is EventStatus.DELIVERED
+
+
+async def test_new_jobs_are_handed_to_the_lane_without_a_claim(
+    store: SqliteStore, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    claims: list[int] = []
+    real = store.claim_due
+
+    async def counting(destination: str, now: float, limit: int) -> list[Any]:
+        claimed = await real(destination, now, limit)
+        claims.append(len(claimed))
+        return claimed
+
+    monkeypatch.setattr(store, "claim_due", counting)
+    crm = FakeDest("crm")
+    d = make_dispatcher(store, targets(crm), poll_interval=60)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(d.run)
+        await trio.sleep(1)
+        assert claims == [0]  # the first look at the store
+        ids = [await persist(store, "crm") for _ in range(5)]
+        await wait_for(lambda: len(crm.calls) == 5)
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert claims == [0]  # all five handed over in memory
+    assert [e for _, _, e in crm.calls] == ids
+    for event_id in ids:
+        assert (await store.get_event(event_id)).status is EventStatus.DELIVERED
+
+
+async def test_lane_claims_ahead_in_batches_and_records_in_batches(
+    store: SqliteStore, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    claims: list[int] = []
+    records: list[int] = []
+    real_claim, real_record = store.claim_due, store.record_attempts
+
+    async def claim(destination: str, now: float, limit: int) -> list[Any]:
+        claimed = await real_claim(destination, now, limit)
+        claims.append(len(claimed))
+        return claimed
+
+    async def record(items: Any) -> None:
+        records.append(len(items))
+        await real_record(items)
+
+    monkeypatch.setattr(store, "claim_due", claim)
+    monkeypatch.setattr(store, "record_attempts", record)
+    crm = FakeDest("crm", delay=1)
+    for _ in range(30):
+        await persist(store, "crm")
+    d = make_dispatcher(store, targets(crm, concurrency=4))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(d.run)
+        await wait_for(lambda: sum(records) == 30)
+        nursery.cancel_scope.cancel()
+    assert claims[0] == 12  # three times the concurrency ahead
+    assert len(claims) <= 5
+    assert len(records) <= 10  # the four attempts that end together: one write
+    assert crm.max_active == 4
+
+
+async def test_handed_off_and_prefetched_jobs_survive_a_crash_and_a_drain(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    path = tmp_path / "g.db"
+    hang = FakeDest("crm", gate=trio.Event())
+    s1 = SqliteStore(path, wall_clock=wall, use_thread=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(s1.run)
+        d1 = make_dispatcher(s1, targets(hang, concurrency=1))
+        await nursery.start(d1.run)
+        await trio.sleep(1)
+        ids = [await persist(s1, "crm") for _ in range(3)]  # one tried, two held in memory
+        await trio.sleep(1)
+        assert len(hang.calls) == 1
+        states = [(await s1.get_event(i)).jobs[0].state for i in ids]
+        assert states == [JobState.INFLIGHT] * 3
+        nursery.cancel_scope.cancel()  # the process dies
+    s1.close()
+
+    slow = FakeDest("crm", delay=5)
+    s2 = SqliteStore(path, wall_clock=wall, use_thread=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(s2.run)  # re-queues all three
+        d2 = make_dispatcher(s2, targets(slow, concurrency=1))
+        await nursery.start(d2.run)
+        await trio.sleep(1)
+        await d2.drain(grace=30)  # one finishes, the two prefetched go back to the queue
+        states = [(await s2.get_event(i)).jobs[0].state for i in ids]
+        assert sorted(states) == [JobState.DELIVERED, JobState.QUEUED, JobState.QUEUED]
+        nursery.cancel_scope.cancel()
+    s2.close()
+    assert len(slow.calls) == 1
+
+
+async def test_recording_a_batch_retries_while_the_store_fails(
+    store: SqliteStore, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = store.record_attempts
+    failures = [StoreError("disk full"), StoreError("disk full")]
+
+    async def flaky_record(items: Any) -> None:
+        if failures:
+            raise failures.pop()
+        await real(items)
+
+    monkeypatch.setattr(store, "record_attempts", flaky_record)
+    crm = FakeDest("crm")
+    d = make_dispatcher(store, targets(crm), store_retry=1.0)
+    event_id = await persist(store, "crm")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(d.run)
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    assert not failures
+    assert len(crm.calls) == 1  # the attempt is not repeated, only its recording
+    assert (await store.get_event(event_id)).status is EventStatus.DELIVERED

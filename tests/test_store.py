@@ -15,6 +15,7 @@ import trio.testing
 from gatewayd.destinations.base import AttemptResult, Outcome
 from gatewayd.events import Address, MessageClass, MoMessage, new_event_id
 from gatewayd.store import (
+    ClaimedJob,
     ConcatPart,
     EventNotFound,
     EventStatus,
@@ -23,6 +24,7 @@ from gatewayd.store import (
     MessageRecord,
     PersistItem,
     PersistStatus,
+    RecordItem,
     SqliteStore,
     StoreClosed,
     StoreError,
@@ -562,3 +564,150 @@ async def test_writer_waits_for_a_lock_off_the_event_loop(tmp_path: Path) -> Non
         nursery.cancel_scope.cancel()
     assert results == [PersistStatus.STORED]
     s.close()
+
+
+async def test_adaptive_commit_inline_while_fast_thread_while_slow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = SqliteStore(tmp_path / "g.db", synchronous="OFF")  # use_thread="auto"
+    hops: list[object] = []
+    real = trio.to_thread.run_sync
+
+    async def counting(fn: object, *args: object, **kw: object) -> object:
+        hops.append(fn)
+        return await real(fn, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", counting)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(s.run)
+        base = s.inline_commits  # requeue_inflight at start
+        for _ in range(5):
+            await s.persist(item())
+        assert s.inline_commits == base + 5
+        assert not hops  # fast commits: no thread hop
+        for _ in range(50):  # the disk turns slow: p90 over 2 ms
+            s._note_commit_time(0.01)
+        await s.persist(item())
+        assert s.inline_commits == base + 5
+        assert len(hops) == 1  # committed in a thread
+        for _ in range(50):  # fast again
+            s._note_commit_time(0.0001)
+        await s.persist(item())
+        assert s.inline_commits == base + 6
+        assert len(hops) == 1
+        nursery.cancel_scope.cancel()
+    s.close()
+    assert SqliteStore(tmp_path / "t.db", use_thread=True)._commit_inline() is False
+    assert SqliteStore(tmp_path / "i.db", use_thread=False)._commit_inline() is True
+
+
+async def test_record_attempts_records_a_batch_in_one_write(
+    store: SqliteStore, wall: FakeWall
+) -> None:
+    ids = [(await store.persist(item())).event_id for _ in range(3)]
+    claimed = await store.claim_due("crm", wall(), 10)
+    assert len(claimed) == 3
+    batches = store.batches
+    ok = AttemptResult(outcome=Outcome.DELIVERED, status_code=200)
+    bad = AttemptResult(outcome=Outcome.RETRY, status_code=503, error="HTTP 503")
+    await store.record_attempts(
+        [
+            RecordItem(
+                job_id=claimed[0].job.id, result=ok, next_at=None, final_state=JobState.DELIVERED
+            ),
+            RecordItem(job_id=claimed[1].job.id, result=bad, next_at=wall() + 60),
+            RecordItem(job_id=999_999, result=ok, next_at=None, final_state=JobState.DELIVERED),
+            RecordItem(
+                job_id=claimed[2].job.id, result=bad, next_at=None, final_state=JobState.DEAD
+            ),
+        ]
+    )
+    assert store.batches == batches + 1  # one write for all of them
+    statuses = [(await store.get_event(i)).status for i in ids if i is not None]
+    assert statuses == [EventStatus.DELIVERED, EventStatus.RETRYING, EventStatus.DEAD]
+    second = (await store.get_event(ids[1] or "")).jobs[0]
+    assert (second.state, second.attempts, second.next_at) == (JobState.QUEUED, 1, wall() + 60)
+    with pytest.raises(ValueError):
+        await store.record_attempts([RecordItem(job_id=1, result=bad, next_at=None)])
+
+
+@attrs.define
+class FakeTaker:
+    """Takes every job for ``take`` while ``room`` lasts."""
+
+    take: str = "crm"
+    room: int = 100
+    accepted: list[ClaimedJob] = attrs.field(factory=list)
+    cancelled: int = 0
+
+    def reserve(self, destination: str) -> object | None:
+        if destination != self.take or self.room <= 0:
+            return None
+        self.room -= 1
+        return destination
+
+    def accept(self, token: object, job: ClaimedJob) -> None:
+        self.accepted.append(job)
+
+    def cancel(self, token: object) -> None:
+        self.cancelled += 1
+
+
+async def test_handed_off_jobs_are_in_flight_and_requeued_after_a_crash(
+    tmp_path: Path, wall: FakeWall
+) -> None:
+    path = tmp_path / "g.db"
+    s = SqliteStore(path, wall_clock=wall)
+    taker = FakeTaker(room=1)
+    notified: list[str] = []
+    s.set_job_taker(taker)
+    s.add_job_listener(notified.append)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(s.run)
+        mo = make_mo()
+        result = await s.persist(item(mo, "crm", "crm", "log"))
+        # one job taken in memory (room for one), the others queued and notified
+        assert [(c.job.id, c.job.attempt, c.event) for c in taker.accepted] == [
+            (result.job_ids[0], 1, mo)
+        ]
+        assert notified == ["crm", "log"]
+        jobs = (await s.get_event(mo.id)).jobs
+        assert [j.state for j in jobs] == [JobState.INFLIGHT, JobState.QUEUED, JobState.QUEUED]
+        assert (await s.get_event(mo.id)).status is EventStatus.PENDING
+        claimed = await s.claim_due("crm", wall(), 10)
+        assert [c.job.id for c in claimed] == [result.job_ids[1]]  # never claimed twice
+        # a duplicate reserves nothing
+        await s.persist(item(mo, "crm"))
+        assert len(taker.accepted) == 1
+        assert taker.cancelled == 0
+        nursery.cancel_scope.cancel()  # crash before the attempt is recorded
+    s.close()
+    s2 = SqliteStore(path, wall_clock=wall)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(s2.run)
+        again = await s2.claim_due("crm", wall(), 10)
+        assert sorted(c.job.id for c in again) == sorted(result.job_ids[:2])
+        nursery.cancel_scope.cancel()
+    s2.close()
+
+
+async def test_a_failed_commit_cancels_its_hand_offs(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taker = FakeTaker()
+    store.set_job_taker(taker)
+    real = store._run_commit
+
+    async def failing() -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "_run_commit", failing)
+    mo = make_mo()
+    with pytest.raises(StoreError):
+        await store.persist(item(mo))
+    assert taker.accepted == []
+    assert taker.cancelled == 1
+    monkeypatch.setattr(store, "_run_commit", real)
+    await store.persist(item(mo))
+    assert [c.event for c in taker.accepted] == [mo]
+    assert taker.cancelled == 1
