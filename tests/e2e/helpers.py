@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import socket
+import subprocess
+import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import attrs
@@ -83,13 +86,23 @@ def config_text(sim_port: int, rx_url: str, extra: str = "") -> str:
 
 @contextlib.asynccontextmanager
 async def running(
-    tmp_path: Path, *, sim_settings: SimulatorSettings | None = None, extra: str = ""
+    tmp_path: Path,
+    *,
+    sim_settings: SimulatorSettings | None = None,
+    extra: str = "",
+    text: Callable[[int, str], str] | None = None,
 ) -> AsyncIterator[Harness]:
-    """Simulator + receiver + daemon (inline store writes: deterministic under autojump)."""
+    """Simulator + receiver + daemon (inline store writes: deterministic under autojump).
+
+    ``text(sim_port, receiver_url)`` replaces the whole config text; the admin API is put
+    on a free port either way.
+    """
     sim = Simulator(sim_settings or SimulatorSettings(port=0, password="pw", resend_delay=5.0))
     async with open_webhook_receiver() as rx, trio.open_nursery() as nursery:
         port = await nursery.start(sim.serve)
-        config = loads_config(config_text(port, rx.url, extra), base_dir=tmp_path)
+        source = text(port, rx.url) if text is not None else config_text(port, rx.url, extra)
+        config = loads_config(source, base_dir=tmp_path)
+        config = attrs.evolve(config, api=attrs.evolve(config.api, port=0))
         base = time.time()
 
         def wall() -> float:  # wall time that follows trio's (autojump) clock
@@ -123,3 +136,25 @@ def mo_fields(
         "data_coding": dc,
         "short_message": text,
     }
+
+
+def free_port() -> int:
+    """A free loopback port, for a subprocess's listener."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def start_daemon(
+    config: Path, *, stderr: Path | None = None, env: dict[str, str] | None = None
+) -> trio.Process:
+    """``python -m gatewayd run --config CONFIG`` as a real process."""
+    with contextlib.ExitStack() as stack:
+        err = subprocess.DEVNULL if stderr is None else stack.enter_context(stderr.open("ab"))
+        return await trio.lowlevel.open_process(
+            [sys.executable, "-m", "gatewayd", "run", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=env,
+        )

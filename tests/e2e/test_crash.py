@@ -9,8 +9,6 @@ from __future__ import annotations
 import collections
 import json
 import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import trio
 
 from gatewayd.smpp.simulator import Simulator, SimulatorSettings
 from gatewayd.webhook_receiver import ReceivedRequest, Reply, open_webhook_receiver
+from tests.e2e.helpers import start_daemon
 
 pytestmark = pytest.mark.slow
 
@@ -48,14 +47,6 @@ def write_config(path: Path, sim_port: int, rx_url: str) -> None:
             """
         ),
         encoding="utf-8",
-    )
-
-
-async def start_daemon(config: Path) -> trio.Process:
-    return await trio.lowlevel.open_process(
-        [sys.executable, "-m", "gatewayd", "run", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
     )
 
 

@@ -8,18 +8,13 @@ and stand in for systemd with a datagram socket as ``NOTIFY_SOCKET``.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
 import os
 import signal
 import socket
-import subprocess
-import sys
 import textwrap
-import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import attrs
@@ -33,47 +28,23 @@ from gatewayd.config import Config, loads_config
 from gatewayd.dispatch import REMOVED_REASON
 from gatewayd.smpp import pdu as P
 from gatewayd.smpp.simulator import Simulator, SimulatorSettings
-from gatewayd.store import EventStatus, JobState, SqliteStore
+from gatewayd.store import EventStatus, JobState
 from gatewayd.webhook_receiver import ReceivedRequest, Reply, open_webhook_receiver
-from tests.e2e.helpers import JWT_SECRET, Harness, config_text, mo_fields
+from tests.e2e.helpers import (
+    JWT_SECRET,
+    Harness,
+    config_text,
+    free_port,
+    mo_fields,
+    running,
+    start_daemon,
+)
 
 # --------------------------------------------------------------------------- in-process
 
 
 def _free_api(config: Config) -> Config:
     return attrs.evolve(config, api=attrs.evolve(config.api, port=0))
-
-
-@contextlib.asynccontextmanager
-async def running(
-    tmp_path: Path,
-    *,
-    sim_settings: SimulatorSettings | None = None,
-    text: Callable[[int, str], str] | None = None,
-) -> AsyncIterator[Harness]:
-    """``helpers.running`` with the API on a free port and the config text replaceable."""
-    sim = Simulator(sim_settings or SimulatorSettings(port=0, password="pw", resend_delay=5.0))
-    async with open_webhook_receiver() as rx, trio.open_nursery() as nursery:
-        port = await nursery.start(sim.serve)
-        source = text(port, rx.url) if text is not None else config_text(port, rx.url)
-        config = _free_api(loads_config(source, base_dir=tmp_path))
-        base = time.time()
-
-        def wall() -> float:
-            return base + trio.current_time()
-
-        store = SqliteStore(
-            config.store, dedup_window=config.dedup_window, use_thread=False, wall_clock=wall
-        )
-        daemon = Daemon(config, store=store, wall_clock=wall)
-        await nursery.start(daemon.run)
-        try:
-            yield Harness(sim=sim, rx=rx, daemon=daemon, config=config, store=store)
-        finally:
-            daemon.stop()
-            with trio.move_on_after(60):
-                await daemon.stopped.wait()
-            nursery.cancel_scope.cancel()
 
 
 async def bound(h: Harness, carrier: str = "sim") -> None:
@@ -302,13 +273,6 @@ def test_run_takes_the_log_options() -> None:
 # --------------------------------------------------------------------------- subprocess
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def write_config(path: Path, sim_port: int, rx_url: str, crm_path: str = "/crm") -> None:
     path.write_text(
         textwrap.dedent(
@@ -330,7 +294,7 @@ def write_config(path: Path, sim_port: int, rx_url: str, crm_path: str = "/crm")
             routes:
               a2p: crm
             api:
-              listen: 127.0.0.1:{_free_port()}
+              listen: 127.0.0.1:{free_port()}
             drain_grace: 3s
             """
         ),
@@ -366,16 +330,6 @@ class FakeSystemd:
             await self._changed.wait()
 
 
-async def start_daemon(config: Path, env: dict[str, str], stderr: Path) -> trio.Process:
-    with stderr.open("ab") as err:
-        return await trio.lowlevel.open_process(
-            [sys.executable, "-m", "gatewayd", "run", "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            env={**os.environ, **env},
-        )
-
-
 @pytest.mark.slow
 async def test_notify_reload_and_stop_as_systemd_sees_them(tmp_path: Path) -> None:
     sim = Simulator(SimulatorSettings(port=0, password="pw", resend_delay=0.3))
@@ -388,7 +342,7 @@ async def test_notify_reload_and_stop_as_systemd_sees_them(tmp_path: Path) -> No
         write_config(config, port, rx.url)
         env = {"NOTIFY_SOCKET": str(systemd.path), "WATCHDOG_USEC": "400000"}
         with trio.fail_after(60):
-            proc = await start_daemon(config, env, log_path)
+            proc = await start_daemon(config, stderr=log_path, env={**os.environ, **env})
             await systemd.wait_for(1, "READY=1")
             assert await sim.deliver("one", mo_fields(b"first")) == P.ESME_ROK
             await rx.wait_for(1)
@@ -456,7 +410,7 @@ async def test_sigterm_mid_stream_loses_nothing_and_exits_within_the_grace(
         config = tmp_path / "gatewayd.yaml"
         write_config(config, port, rx.url)
         with trio.fail_after(90):
-            proc = await start_daemon(config, {}, log_path)
+            proc = await start_daemon(config, stderr=log_path)
             while len(sim.acked) < n // 3:
                 await trio.sleep(0.01)
             stopped_at = trio.current_time()
@@ -465,7 +419,7 @@ async def test_sigterm_mid_stream_loses_nothing_and_exits_within_the_grace(
             took = trio.current_time() - stopped_at
             acked_by_first = set(sim.acked)
             # the rest of the stream goes to a second run, which also delivers the backlog
-            proc = await start_daemon(config, {}, log_path)
+            proc = await start_daemon(config, stderr=log_path)
             await sim.mo_done.wait()
             while len(delivered) < n:
                 await trio.sleep(0.05)

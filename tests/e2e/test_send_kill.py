@@ -8,9 +8,6 @@ comes up, a new daemon starts on the same store, and every message reaches the S
 from __future__ import annotations
 
 import signal
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -19,24 +16,11 @@ import pytest
 import trio
 
 from gatewayd.smpp.simulator import Simulator, SimulatorSettings
+from tests.e2e.helpers import free_port, start_daemon
 
 pytestmark = pytest.mark.slow
 
 TOKEN = "send-token-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def start_daemon(config: Path) -> trio.Process:
-    return await trio.lowlevel.open_process(
-        [sys.executable, "-m", "gatewayd", "run", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 async def wait_healthy(client: httpx.AsyncClient) -> None:

@@ -8,7 +8,6 @@ clock, so retry schedules, timeouts and enquire_link timers are deterministic un
 from __future__ import annotations
 
 import contextlib
-import socket
 import struct
 import textwrap
 import threading
@@ -108,13 +107,6 @@ async def daemon_running(
             with trio.move_on_after(60):
                 await daemon.stopped.wait()
             nursery.cancel_scope.cancel()
-
-
-def free_port() -> int:
-    """A free loopback port for a subprocess's listener (there is no port 0 in its config)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def mo_fields(text: str, *, source: str = "447700900001", to: str = "12345") -> dict[str, Any]:

@@ -22,7 +22,8 @@ import trio.testing
 from gatewayd.smpp.simulator import Simulator, SimulatorSettings
 from gatewayd.store import AttemptRecord, EventRecord, JobState
 from gatewayd.webhook_receiver import ReceivedRequest, Reply, open_webhook_receiver
-from tests.faults.harness import carrier_yaml, config_yaml, daemon_running, free_port
+from tests.e2e.helpers import free_port
+from tests.faults.harness import carrier_yaml, config_yaml, daemon_running
 
 N = 12  # MOs per scenario
 GOOD_LATENCY = 0.5  # seconds (virtual): the healthy destination is never held up

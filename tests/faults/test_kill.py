@@ -29,7 +29,7 @@ import trio
 from gatewayd.smpp import pdu as P
 from gatewayd.smpp.simulator import Simulator, SimulatorSettings, receipt_text
 from gatewayd.webhook_receiver import ReceivedRequest, Reply, open_webhook_receiver
-from tests.faults.harness import free_port
+from tests.e2e.helpers import free_port
 
 pytestmark = pytest.mark.slow
 
