@@ -451,7 +451,7 @@ def build_app(daemon: Daemon) -> Starlette:
         store_ok = False
         with trio.move_on_after(READY_TIMEOUT):
             try:
-                await daemon.store.stats()
+                await daemon.store.ping()  # writable, not merely readable
                 store_ok = True
             except StoreError as exc:
                 problems.append(f"store: {exc}")

@@ -411,6 +411,11 @@ class Store(abc.ABC):
     async def stats(self) -> StoreStats:
         """Counters for metrics."""
 
+    async def ping(self) -> None:
+        """Raise StoreError unless a write transaction can be taken and committed now
+        (readiness: a store that cannot commit makes every deliver_sm a temporary error)."""
+        await self.stats()
+
     @abc.abstractmethod
     async def load_concat_parts(self, key: str | None = None) -> list[StoredConcatPart]:
         """Pending concatenation parts (of one set, or all), ordered by key and seq."""
@@ -1366,6 +1371,10 @@ class SqliteStore(Store):
             total += n
             if n < chunk:
                 return total
+
+    async def ping(self) -> None:
+        # An empty write through the writer: takes the write lock and commits, like ingest.
+        await self._write(lambda conn, op: None)
 
     async def stats(self) -> StoreStats:
         def query(conn: sqlite3.Connection) -> StoreStats:

@@ -711,3 +711,18 @@ async def test_a_failed_commit_cancels_its_hand_offs(
     await store.persist(item(mo))
     assert [c.event for c in taker.accepted] == [mo]
     assert taker.cancelled == 1
+
+
+async def test_ping_fails_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "ping.db", use_thread=False, busy_timeout=0.05)
+    try:
+        await store.ping()
+        blocker = sqlite3.connect(tmp_path / "ping.db", isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StoreError):
+            await store.ping()
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        await store.ping()
+    finally:
+        store.close()
