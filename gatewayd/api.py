@@ -247,7 +247,11 @@ def _loads(raw: bytes) -> Any:
     def no_constants(name: str) -> Any:
         raise ValueError(f"{name} is not JSON")
 
-    return json.loads(raw.decode("utf-8"), parse_constant=no_constants)
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=no_constants)
+    except RecursionError:
+        # absurdly nested input: a client error, not a server one
+        raise ValueError("JSON nested too deeply") from None
 
 
 # --------------------------------------------------------------------------- send API

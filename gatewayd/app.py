@@ -343,6 +343,11 @@ class Daemon:
         lock = self._part_locks.setdefault(part.key, trio.Lock())
         try:
             async with lock:
+                if self.reassembler.is_duplicate(part):
+                    # A resend of a part we hold or already delivered (our resp was lost):
+                    # acknowledge it; storing it again would start a phantom message.
+                    self.duplicates += 1
+                    return
                 state = self.reassembler.snapshot(part.key)
                 message = self.reassembler.add(part, now)
                 try:
@@ -357,18 +362,26 @@ class Daemon:
                         )
                     else:
                         await self._persist_event(message, dedup, (concat_key(part.key),))
-                except StoreError:
+                except BaseException:
+                    # Not acknowledged (commit failed, or cancelled while waiting for it):
+                    # memory must not hold the part either, so the SMSC's resend counts.
                     self.reassembler.rollback(part.key, state)
                     raise
         finally:
-            if lock.statistics().tasks_waiting == 0 and not lock.locked():
-                self._part_locks.pop(part.key, None)
+            self._release_part_lock(part.key, lock)
+
+    def _release_part_lock(self, key: ReassemblyKey, lock: trio.Lock) -> None:
+        idle = lock.statistics().tasks_waiting == 0 and not lock.locked()
+        if idle and self._part_locks.get(key) is lock:
+            del self._part_locks[key]
 
     async def _restore_parts(self) -> None:
         stored = await self.store.load_concat_parts()
         parts = [Part.from_json(p.json) for p in stored]
-        for message in self.reassembler.restore(parts):
-            await self._persist_event(message, None, ())
+        for key, message in self.reassembler.restore_keyed(parts):
+            # complete on its own (its completion was not recorded): deliver it once and
+            # drop its parts in the same transaction, or every restart would deliver it again
+            await self._persist_event(message, None, (concat_key(key),))
         if parts:
             log.info(
                 "restored concatenation parts",
@@ -383,17 +396,27 @@ class Daemon:
             delay = 5.0 if deadline is None else (deadline - now).total_seconds()
             await trio.sleep(min(max(delay, 0.0), 5.0) if math.isfinite(delay) else 5.0)
             now = dt.datetime.fromtimestamp(self.wall_clock(), dt.UTC)
-            held = self.reassembler.pending()
-            for key, message in self.reassembler.expire_keyed(now):
+            for key in self.reassembler.due(now):
+                # under the message's lock: a part of it may be waiting for its commit
+                lock = self._part_locks.setdefault(key, trio.Lock())
                 try:
-                    await self._persist_event(message, None, (concat_key(key),))
-                    log.warning(
-                        "concatenated message incomplete after the timeout: delivered as is",
-                        extra={"event_id": message.id, "carrier": message.carrier},
-                    )
-                except StoreError:
-                    # not durable as a message: hold its parts again and try next round
-                    self.reassembler.restore([p for p in held if p.key == key])
+                    async with lock:
+                        state = self.reassembler.snapshot(key)
+                        message = self.reassembler.expire_one(key, now)
+                        if message is None:
+                            continue
+                        try:
+                            await self._persist_event(message, None, (concat_key(key),))
+                        except StoreError:
+                            # not durable as a message: hold its parts again, retry later
+                            self.reassembler.rollback(key, state)
+                            continue
+                        log.warning(
+                            "concatenated message incomplete after the timeout: delivered as is",
+                            extra={"event_id": message.id, "carrier": message.carrier},
+                        )
+                finally:
+                    self._release_part_lock(key, lock)
 
     # ------------------------------------------------------------------ reload
 

@@ -234,6 +234,10 @@ class _Lane:
                     self.due_at = await self._next_deadline()
             if self.store_empty and self.due_at is not None:
                 wake_at = min(wake_at, self.due_at)
+            if free <= 0 or queued >= max(self.gen.target.concurrency, 1):
+                # Nothing could be claimed now, however due: sleep until an attempt ends
+                # (it sets wake), not until a deadline that may already be past (a spin).
+                wake_at = math.inf
             with trio.move_on_at(wake_at):
                 await self.wake.wait()
 

@@ -391,7 +391,11 @@ class Submitter:
             try:
                 resp = await bind.request("submit_sm", tlvs=(), **fields)
             except NotBound:
-                continue  # it dropped between pick and send: the wait above decides
+                # It dropped between pick and send. Yield before picking again: the bind's
+                # own task must run to notice, and a loop that never awaits would freeze the
+                # daemon (no acks, no shutdown).
+                await trio.sleep(0.05)
+                continue
             except BindError as exc:
                 return SubmitOutcome(error=f"{type(exc).__name__}: {exc}", bind=bind.name)
             if resp.status == P.ESME_ROK:

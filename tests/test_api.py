@@ -17,6 +17,7 @@ import pytest
 import trio
 import trio.testing
 
+from gatewayd import api
 from gatewayd.app import Daemon
 from gatewayd.config import BasicAuth, Config, UrlDestination, loads_config
 from gatewayd.smpp import pdu as P
@@ -551,3 +552,8 @@ def test_attempt_history_hides_destination_secrets(tmp_path: Path) -> None:
     assert HEADER_SECRET not in out
     assert JWT_SECRET not in out
     assert "<redacted>" in out
+
+
+def test_absurdly_nested_json_is_a_client_error() -> None:
+    with pytest.raises(ValueError, match="nested"):
+        api._loads(b"[" * 60_000)

@@ -147,7 +147,14 @@ class SmppBind:
 
     @property
     def is_bound(self) -> bool:
-        return self.state is BindState.BOUND
+        """Bound and able to carry a request now: not stopping, connection not closed."""
+        runner = self._runner
+        return (
+            self.state is BindState.BOUND
+            and not self._stopping
+            and runner is not None
+            and not runner.closed.is_set()
+        )
 
     @property
     def window_in_use(self) -> int:

@@ -756,6 +756,17 @@ class Reassembler:
         """Messages with parts held."""
         return len(self._groups)
 
+    def is_duplicate(self, part: Part) -> bool:
+        """This part is already held, or belongs to a message already delivered.
+
+        The SMSC resends a part whose deliver_sm_resp it missed; such a part must be
+        acknowledged without being stored again (it would start a phantom message)."""
+        done = self._done.get(part.key)
+        if done is not None and done[1].get(part.seq) == part.data:
+            return True
+        group = self._groups.get(part.key)
+        return group is not None and part.seq in group.parts
+
     def add(self, part: Part, now: dt.datetime) -> MoMessage | None:
         """Take one part; the whole message if this part completes it, else None."""
         key = part.key
@@ -779,6 +790,19 @@ class Reassembler:
     def expire(self, now: dt.datetime) -> list[MoMessage]:
         """Messages whose timeout has passed, delivered incomplete, oldest first."""
         return [message for _, message in self.expire_keyed(now)]
+
+    def due(self, now: dt.datetime) -> list[ReassemblyKey]:
+        """Keys of the messages whose timeout has passed, oldest first (nothing removed)."""
+        groups = sorted(self._groups.items(), key=lambda item: item[1].started)
+        return [key for key, group in groups if now - group.started >= self.timeout]
+
+    def expire_one(self, key: ReassemblyKey, now: dt.datetime) -> MoMessage | None:
+        """Deliver one timed-out message as it is (None if it completed or is not due)."""
+        group = self._groups.get(key)
+        if group is None or now - group.started < self.timeout:
+            return None
+        del self._groups[key]
+        return self._join(group, now)
 
     def expire_keyed(self, now: dt.datetime) -> list[tuple[ReassemblyKey, MoMessage]]:
         """Like :meth:`expire`, with each message's key (so the store can drop its parts)."""
@@ -822,6 +846,10 @@ class Reassembler:
             self._done[key] = done  # type: ignore[assignment]
 
     def restore(self, parts: Iterable[Part]) -> list[MoMessage]:
+        """Like :meth:`restore_keyed`, messages only."""
+        return [message for _, message in self.restore_keyed(parts)]
+
+    def restore_keyed(self, parts: Iterable[Part]) -> list[tuple[ReassemblyKey, MoMessage]]:
         """Load parts saved from :meth:`pending` (e.g. after a restart); duplicates ignored.
 
         The timeout of a restored message counts from its earliest part's ``received_at``.
@@ -837,14 +865,14 @@ class Reassembler:
             group.started = min(group.started, part.received_at)
             group.parts.setdefault(part.seq, part)
             touched.append(part.key)
-        out: list[MoMessage] = []
+        out: list[tuple[ReassemblyKey, MoMessage]] = []
         for key in dict.fromkeys(touched):
             group = self._groups[key]
             if len(group.parts) >= group.parts[next(iter(group.parts))].total:
                 del self._groups[key]
                 now = max(p.received_at for p in group.parts.values())
                 self._done[key] = (now, {seq: p.data for seq, p in group.parts.items()})
-                out.append(self._join(group, now))
+                out.append((key, self._join(group, now)))
         return out
 
     def _join(self, group: _Group, now: dt.datetime) -> MoMessage:

@@ -205,3 +205,66 @@ async def test_all_of_a_stream_arrive(
         await trio.sleep(5)
     texts = sorted(json.loads(r.body)["text"] for r in reqs)
     assert texts == sorted(f"TEXT {i}" for i in range(1, 201))
+
+
+async def test_resent_part_of_a_delivered_message_leaves_nothing_behind(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    parts = [b"\x05\x00\x03\x09\x02" + bytes([i + 1]) + f"half{i + 1} ".encode() for i in range(2)]
+    async with running(tmp_path) as h:
+        for i in (0, 1, 0):  # the SMSC resends part 1 after the message is complete
+            assert await h.sim.deliver(f"p{i}", mo_fields(parts[i], esm=0x40)) == P.ESME_ROK
+        await h.rx.wait_for(1)
+        await trio.sleep(400)  # past the reassembly timeout: no phantom partial message
+        assert len(h.rx.requests) == 1
+        assert await h.store.load_concat_parts() == []  # no orphan part to restore later
+
+
+async def test_complete_parts_found_at_start_are_delivered_once(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A crash after both parts were stored but before the message was: the next start
+    # finds a complete set. It must deliver it once and drop the parts, every later start
+    # delivering nothing more.
+    import datetime as dt
+
+    from gatewayd.app import concat_key
+    from gatewayd.events import Address, MessageClass
+    from gatewayd.smpp.receive import Part
+    from gatewayd.store import ConcatPart, PersistItem, SqliteStore
+
+    now = dt.datetime(2026, 11, 22, tzinfo=dt.UTC)
+    stored = [
+        Part(
+            carrier="sim",
+            source=Address(addr="447700900001"),
+            destination=Address(addr="12345"),
+            reference=5,
+            total=2,
+            seq=i,
+            scheme="udh8",
+            data=f"piece{i} ".encode(),
+            data_coding=0,
+            message_class=MessageClass.A2P,
+            received_at=now,
+        )
+        for i in (1, 2)
+    ]
+    setup = SqliteStore(tmp_path / "gw.db", use_thread=False)
+    for part in stored:
+        await setup.persist(
+            PersistItem(
+                event=None,
+                concat_part=ConcatPart(key=concat_key(part.key), seq=part.seq, json=part.to_json()),
+            )
+        )
+    setup.close()
+    deliveries = []
+    for _ in range(2):  # two starts on the same store
+        async with running(tmp_path) as h:
+            await trio.sleep(10)
+            assert await h.store.load_concat_parts() == []
+            page = await h.store.list_events(limit=10)
+            assert len(page.items) == 1
+            deliveries.append([r.json()["text"] for r in h.rx.requests])
+    assert deliveries == [["piece1 piece2 "], []]
