@@ -804,19 +804,27 @@ class Outbound:
         """The outbound message part a receipt reports on, or None."""
         if not dlr.message_id.strip("\x00 "):
             return None
+        # The same text as the submit_sm_resp gave first: readings of different ids can
+        # coincide ("0000000A" as hex and "00000010" as decimal are both 10), so a
+        # normalised reading is only the fallback for carriers that change the notation.
+        exact = dlr.message_id.strip().strip("\x00").strip()
+        part = await self.store.find_message_part(
+            dlr.carrier, normalize_message_id(exact), exact=exact
+        )
         readings = [dlr.normalized_message_id]
         readings += sorted(message_id_candidates(dlr.message_id) - {dlr.normalized_message_id})
         for normalized in readings:
-            if not normalized:
-                continue
-            part = await self.store.find_message_part(dlr.carrier, normalized)
             if part is not None:
-                try:
-                    message, _ = await self.store.get_message(part.message_id)
-                except LookupError:
-                    return None
-                return Correlation(message=message, part=part)
-        return None
+                break
+            if normalized:
+                part = await self.store.find_message_part(dlr.carrier, normalized)
+        if part is None:
+            return None
+        try:
+            message, _ = await self.store.get_message(part.message_id)
+        except LookupError:
+            return None
+        return Correlation(message=message, part=part)
 
     async def route_receipt(self, dlr: DeliveryReceipt, router: Router) -> tuple[str, ...]:
         """Correlate, record the part's status and choose the receipt's destinations.

@@ -435,8 +435,11 @@ class Store(abc.ABC):
         """An outbound message and its parts. Raises ``LookupError``."""
 
     @abc.abstractmethod
-    async def find_message_part(self, carrier: str, normalized_id: str) -> MessagePartRecord | None:
-        """The part a receipt reports on, by carrier and normalized message id."""
+    async def find_message_part(
+        self, carrier: str, normalized_id: str, *, exact: str | None = None
+    ) -> MessagePartRecord | None:
+        """The part a receipt reports on, by carrier and normalized message id; with
+        ``exact``, only a part whose carrier id is that text (case-insensitive)."""
 
     @abc.abstractmethod
     async def set_message_part_status(self, message_id: str, part: int, status: str) -> None:
@@ -1486,13 +1489,23 @@ class SqliteStore(Store):
 
         return await self._read(query)
 
-    async def find_message_part(self, carrier: str, normalized_id: str) -> MessagePartRecord | None:
+    async def find_message_part(
+        self, carrier: str, normalized_id: str, *, exact: str | None = None
+    ) -> MessagePartRecord | None:
         def query(conn: sqlite3.Connection) -> MessagePartRecord | None:
-            row = conn.execute(
-                _PART_COLUMNS + " WHERE carrier = ? AND normalized_id = ?"
-                " ORDER BY updated_at DESC LIMIT 1",
-                (carrier, normalized_id),
-            ).fetchone()
+            if exact is None:
+                row = conn.execute(
+                    _PART_COLUMNS + " WHERE carrier = ? AND normalized_id = ?"
+                    " ORDER BY updated_at DESC LIMIT 1",
+                    (carrier, normalized_id),
+                ).fetchone()
+            else:
+                row = conn.execute(
+                    _PART_COLUMNS + " WHERE carrier = ? AND normalized_id = ?"
+                    " AND upper(carrier_message_id) = upper(?)"
+                    " ORDER BY updated_at DESC LIMIT 1",
+                    (carrier, normalized_id, exact),
+                ).fetchone()
             return None if row is None else _part_record(row)
 
         return await self._read(query)

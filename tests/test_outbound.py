@@ -499,3 +499,37 @@ async def test_dead_submit_job_makes_the_message_failed(tmp_path: Path, store: S
     view = await ob.get(sent.message_id)
     assert view["status"] == "failed"
     assert view["error"] == "no bound bind"
+
+
+async def test_receipt_ids_whose_readings_coincide_reach_their_own_message(
+    tmp_path: Path,
+) -> None:
+    # "0000000A" (hex ten) and "00000010" (decimal ten) normalise alike: the exact text of
+    # the submit_sm_resp id must win, or receipts land on the wrong message.
+    from gatewayd.smpp.receive import normalize_message_id
+    from gatewayd.store import MessagePartRecord, MessageRecord, SqliteStore
+
+    store = SqliteStore(tmp_path / "ids.db", use_thread=False)
+    try:
+        for mid, carrier_id in (("m-ten-hex", "0000000A"), ("m-ten-dec", "00000010")):
+            await store.save_message(
+                MessageRecord(id=mid, carrier="sim", from_number="1", to_number="2", text="x")
+            )
+            await store.add_message_part(
+                MessagePartRecord(
+                    message_id=mid,
+                    part=1,
+                    carrier="sim",
+                    carrier_message_id=carrier_id,
+                    normalized_id=normalize_message_id(carrier_id),
+                )
+            )
+        assert normalize_message_id("0000000A") == normalize_message_id("00000010")
+        hex_part = await store.find_message_part("sim", "10", exact="0000000a")
+        dec_part = await store.find_message_part("sim", "10", exact="00000010")
+        assert hex_part is not None
+        assert hex_part.message_id == "m-ten-hex"
+        assert dec_part is not None
+        assert dec_part.message_id == "m-ten-dec"
+    finally:
+        store.close()
