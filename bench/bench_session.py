@@ -16,17 +16,23 @@ from pathlib import Path
 
 from gatewayd.smpp import pdu as P
 from gatewayd.smpp import session as S
-from gatewayd.smpp.simulator import SimulatorSettings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "session.json"
 CHUNK = 4096
 
 
 def stream(count: int) -> bytes:
-    fields = {"source_addr": "447700900123", "destination_addr": "12345", "esm_class": 0}
-    _ = SimulatorSettings  # the simulator sends exactly these MO shapes
     return b"".join(
-        P.encode(P.make("deliver_sm", sequence=i, short_message=f"TEXT {i}".encode(), **fields))
+        P.encode(
+            P.make(
+                "deliver_sm",
+                sequence=i,
+                source_addr="447700900123",
+                destination_addr="12345",
+                esm_class=0,
+                short_message=f"TEXT {i}".encode(),  # the simulator's MO shape
+            )
+        )
         for i in range(1, count + 1)
     )
 
