@@ -41,7 +41,7 @@ from gatewayd.config import (
 from gatewayd.destinations.base import Destination
 from gatewayd.destinations.http import HttpDestination
 from gatewayd.destinations.none import DropDestination
-from gatewayd.dispatch import Dispatcher
+from gatewayd.dispatch import REMOVED_REASON, Dispatcher
 from gatewayd.events import DeliveryReceipt, Event, MoMessage
 from gatewayd.metrics import Metrics
 from gatewayd.outbound import Outbound
@@ -58,6 +58,7 @@ from gatewayd.smpp.receive import (
 )
 from gatewayd.store import (
     ConcatPart,
+    JobState,
     PersistItem,
     PersistStatus,
     SqliteStore,
@@ -211,6 +212,7 @@ class Daemon:
                     on_attempt=self.metrics.attempt_recorded,
                 )
                 await root.start(self.dispatcher.run)
+                await self._dead_letter_orphans()
                 from gatewayd.api import serve_api
 
                 await root.start(serve_api, self)
@@ -247,6 +249,25 @@ class Daemon:
             self.store.close()
             self.stopped.set()
             log.info("stopped")
+
+    async def _dead_letter_orphans(self) -> None:
+        """Queued jobs for a destination the config no longer has (removed while the daemon
+        was down): no lane would ever take them, so dead-letter them with the reason; a
+        replay with ``--destination`` sends them elsewhere."""
+        assert self.dispatcher is not None
+        known = set(self.dispatcher.destinations)
+        stats = await self.store.stats()
+        orphans = {
+            jc.destination
+            for jc in stats.jobs
+            if jc.state in (JobState.QUEUED, JobState.INFLIGHT) and jc.destination not in known
+        }
+        for name in sorted(orphans):
+            count = await self.store.dead_letter_destination(name, REMOVED_REASON)
+            log.warning(
+                "jobs for a destination that is not configured: dead-lettered",
+                extra={"destination": name, "jobs": count},
+            )
 
     async def _run_binds(self, done: trio.Event) -> None:
         try:

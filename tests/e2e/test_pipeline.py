@@ -268,3 +268,33 @@ async def test_complete_parts_found_at_start_are_delivered_once(
             assert len(page.items) == 1
             deliveries.append([r.json()["text"] for r in h.rx.requests])
     assert deliveries == [["piece1 piece2 "], []]
+
+
+async def test_jobs_for_a_destination_removed_while_down_are_dead_lettered_at_start(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    import datetime as dt
+
+    from gatewayd.dispatch import REMOVED_REASON
+    from gatewayd.events import Address, MessageClass, MoMessage, new_event_id
+    from gatewayd.store import PersistItem, SqliteStore
+
+    mo = MoMessage(
+        id=new_event_id(),
+        carrier="sim",
+        source=Address(addr="447700900001"),
+        destination=Address(addr="12345"),
+        text="for a destination that is gone",
+        raw=b"",
+        data_coding=0,
+        message_class=MessageClass.A2P,
+        received_at=dt.datetime(2026, 11, 22, tzinfo=dt.UTC),
+    )
+    setup = SqliteStore(tmp_path / "gw.db", use_thread=False)
+    await setup.persist(PersistItem(event=mo, destinations=("ghost",)))
+    setup.close()
+    async with running(tmp_path) as h:
+        await trio.sleep(1)
+        record = await h.store.get_event(mo.id)
+        assert [j.state for j in record.jobs] == [JobState.DEAD]
+        assert REMOVED_REASON in record.jobs[0].last_error
