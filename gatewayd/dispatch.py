@@ -243,8 +243,10 @@ class _Lane:
 
     async def _release_ready(self) -> None:
         """The lane stops: put the jobs it holds but never tried back in the queue."""
-        with trio.move_on_after(10):
-            await self.unreserved.wait()  # hand-offs still being committed
+        # Hand-offs still being committed: wait for every one to settle (a commit ends
+        # in success or StoreError), or a job accepted after this point would sit in
+        # flight on a stopped lane until the next start. Drain's grace period bounds it.
+        await self.unreserved.wait()
         jobs, self.ready = self.ready, deque()
         if not jobs:
             return
