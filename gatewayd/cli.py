@@ -15,12 +15,11 @@ DEFAULT_CONFIG = "/etc/gatewayd/gatewayd.yaml"
 
 
 def _duration(text: str) -> float:
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-    for suffix in ("ms", "s", "m", "h", "d"):
-        if text.endswith(suffix) and text[: -len(suffix)].replace(".", "", 1).isdigit():
-            return float(text[: -len(suffix)]) * units[suffix]
+    """config.parse_duration as an argparse type."""
+    from gatewayd.config import parse_duration
+
     try:
-        return float(text)
+        return parse_duration(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"not a duration: {text!r} (e.g. 500ms, 30s, 5m)"

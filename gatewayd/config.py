@@ -354,12 +354,20 @@ class ConfigError(Exception):
 # Small parsers, exported for the CLI (e.g. ``history --since 1h``)
 # --------------------------------------------------------------------------------------
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION_UNITS = {
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 604800.0,
+    None: 1.0,
+}
 
 
 def parse_duration(text: str) -> float:
-    """``500ms``, ``30s``, ``5m``, ``2h``, ``1d`` or a number of seconds -> seconds."""
+    """``500ms``, ``30s``, ``5m``, ``2h``, ``1d``, ``2w`` or a number of seconds -> seconds."""
     m = _DURATION_RE.match(text)
     if m is None:
         raise ValueError(f"bad duration {text!r}: use e.g. 500ms, 30s, 5m, 2h, 1d")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from typing import Any, TextIO
 
 import trio
 
+from gatewayd.config import parse_duration
 from gatewayd.events import event_to_dict
 from gatewayd.store import (
     AttemptRecord,
@@ -42,16 +42,13 @@ STATUS_CHOICES = {
     **{s.value: s for s in EventStatus},
 }
 
-_AGE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?$")
-_AGE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
-
 
 def parse_age(text: str) -> float:
-    """``90s``, ``15m``, ``1h``, ``7d``, ``2w`` (or plain seconds) -> seconds."""
-    m = _AGE_RE.match(text.strip())
-    if m is None:
-        raise argparse.ArgumentTypeError(f"not an age: {text!r} (e.g. 15m, 1h, 7d)")
-    return float(m.group(1)) * _AGE_UNITS[m.group(2)]
+    """``90s``, ``15m``, ``1h``, ``7d``, ``2w`` (or plain seconds) -> seconds (argparse type)."""
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an age: {text!r} (e.g. 15m, 1h, 7d)") from None
 
 
 CommandFactory = Callable[[str, str], argparse.ArgumentParser]

@@ -245,7 +245,8 @@ def test_default_config_path() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("90s", 90), ("15m", 900), ("1h", 3600), ("7d", 604800), ("30", 30)]
+    ("text", "seconds"),
+    [("90s", 90), ("15m", 900), ("1h", 3600), ("7d", 604800), ("2w", 1209600), ("30", 30)],
 )
 def test_parse_age(text: str, seconds: float) -> None:
     assert parse_age(text) == seconds
