@@ -1,9 +1,9 @@
 """Delivery: per-destination workers that claim due jobs from the store and try them.
 
 Each destination has its own *lane*: a loop that claims due jobs in batches (up to
-``PREFETCH`` times the destination's concurrency, into a local queue), one task per
-attempt (at most ``concurrency`` at once) and a recorder task that records every attempt
-finished so far in one write (:meth:`Store.record_attempts`). Jobs that ``persist``
+``PREFETCH`` times the destination's concurrency, into a local queue), ``concurrency``
+worker tasks that try them one after another, and a recorder task that records every
+attempt finished so far in one write (:meth:`Store.record_attempts`). Jobs that ``persist``
 creates while the lane has room and nothing older is queued are handed over in memory
 (the lane is the store's :class:`~gatewayd.store.JobTaker`): written ``inflight`` in the
 ingest transaction, so they need no claim and no JSON decoding, and a crash re-queues
@@ -12,10 +12,12 @@ destination never delays another.
 
 The retry schedule lives in the store (``next_at``, wall-clock epoch seconds), not in
 memory, so jobs waiting for a retry survive restarts. :func:`next_attempt_at` is the
-pure schedule. A lane wakes up when the store commits new jobs for it (the store's job
-listener, or :meth:`Dispatcher.notify`), when its earliest queued job falls due, when a
-slot frees up, and at the latest every ``poll_interval`` (jobs written by another
-process).
+pure schedule. A lane's claim loop wakes up when the store commits new jobs for it (the
+store's job listener, or :meth:`Dispatcher.notify`), when its earliest queued job falls
+due, when a slot frees up while it has something to claim, and at the latest every
+``poll_interval`` (jobs written by another process). A claim that empties the store of
+due jobs puts the lane back to taking new jobs in memory at once (``JobTaker.drained``),
+even while more jobs keep arriving.
 
 Time: trio's clock for sleeping, ``wall_clock`` (epoch seconds) for what is persisted.
 
@@ -32,7 +34,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import NamedTuple
 
 import trio
@@ -97,17 +99,23 @@ class _Generation:
     def __init__(self, target: Target) -> None:
         self.target = target
         self.inflight = 0
-        self.idle = trio.Event()
-        self.idle.set()
+        self._idle: trio.Event | None = None  # made only when someone waits
 
     def begin(self) -> None:
         self.inflight += 1
-        self.idle = trio.Event() if self.idle.is_set() else self.idle
 
     def end(self) -> None:
         self.inflight -= 1
-        if self.inflight == 0:
-            self.idle.set()
+        if self.inflight == 0 and self._idle is not None:
+            self._idle.set()
+            self._idle = None
+
+    async def wait_idle(self) -> None:
+        """Return once no attempt of this generation is in progress."""
+        if self.inflight:
+            if self._idle is None:
+                self._idle = trio.Event()
+            await self._idle.wait()
 
 
 class _Lane:
@@ -119,6 +127,10 @@ class _Lane:
     which records everything finished in ONE write. A job leaves the store's ``inflight``
     state only by that record, or by :meth:`Store.release` when the lane stops before
     trying it; anything cut off stays in flight and is re-queued at the next start.
+
+    Attempts run in ``concurrency`` worker tasks per generation, each taking the next
+    ready job when it finishes one: cheaper than a task per attempt, and the claim loop
+    only wakes when there is something to claim (not at every attempt).
     """
 
     def __init__(self, dispatcher: Dispatcher, name: str, target: Target) -> None:
@@ -138,8 +150,16 @@ class _Lane:
         # (its earliest queued job) or the poll time comes.
         self.store_empty = False
         self.due_at: float | None = None
+        # While a claim of ours is queued in the store: how many jobs it took, from the
+        # moment it ran (they are in flight, not yet in ``ready``), else -1.
+        self.claiming = -1
         self.notified = 0
         self.wake = trio.Event()
+        # The claim loop waits for a slot or a smaller queue (not for a time): the
+        # workers wake it when an attempt ends or a ready job is taken.
+        self.blocked = False
+        self.idle = trio.lowlevel.ParkingLot()  # workers waiting for a job or a slot
+        self.workers: trio.Nursery | None = None
         self.stopping = False
         self.removed = False
         self.done = trio.Event()
@@ -152,6 +172,14 @@ class _Lane:
         self.stopping = True
         self.removed = self.removed or removed
         self.wake.set()
+        self.idle.unpark_all()  # idle workers exit; busy ones after their attempt
+
+    def set_target(self, target: Target) -> None:
+        """Reload: new attempts use ``target``; the old generation's workers retire."""
+        self.gen = _Generation(target)
+        self._start_workers()
+        self.idle.unpark_all()
+        self.wake.set()  # the concurrency may have grown
 
     def notify(self) -> None:
         """Jobs were queued in the store for this lane."""
@@ -163,11 +191,21 @@ class _Lane:
     def reserve(self) -> bool:
         if self.stopping or not self.store_empty:
             return False
-        if self.inflight + len(self.ready) + self.reserved >= self.capacity:
+        held = self.inflight + len(self.ready) + self.reserved + max(self.claiming, 0)
+        if held >= self.capacity:
             return False
         self.reserved += 1
         self.unreserved = trio.Event() if self.unreserved.is_set() else self.unreserved
         return True
+
+    def drained(self, claimed: int) -> None:
+        """Our claim took every due job, at its place in the store's write order: jobs
+        created after it may be handed over at once. Without this, a lane that once
+        fell back to claiming (a burst beyond its capacity) would keep claiming for as
+        long as new jobs kept coming while each claim was queued."""
+        if self.claiming >= 0:
+            self.claiming = claimed
+            self.store_empty = True
 
     def settle(self, job: ClaimedJob | None) -> None:
         self.reserved -= 1
@@ -175,6 +213,8 @@ class _Lane:
             self.unreserved.set()
         if job is not None:
             self.ready.append(job)
+            self.idle.unpark()
+        elif self.blocked:
             self.wake.set()
 
     async def run(self) -> None:
@@ -182,7 +222,11 @@ class _Lane:
             async with trio.open_nursery() as outer:
                 outer.start_soon(self._record_loop)
                 async with trio.open_nursery() as nursery:
-                    await self._claim_loop(nursery)
+                    self.workers = nursery
+                    self._start_workers()
+                    await self._claim_loop()
+                    self.idle.unpark_all()
+                self.workers = None
                 await self._release_ready()
                 self.closing = True
                 self.record_wake.set()
@@ -191,22 +235,37 @@ class _Lane:
         finally:
             self.done.set()
 
-    def _start_ready(self, nursery: trio.Nursery) -> None:
-        limit = max(self.gen.target.concurrency, 1)
-        while self.ready and self.inflight < limit and not self.stopping:
-            item = self.ready.popleft()
-            gen = self.gen
-            self.inflight += 1
-            gen.begin()
-            nursery.start_soon(self._attempt, item, gen)
+    def _start_workers(self) -> None:
+        if self.workers is None or self.stopping:
+            return
+        gen = self.gen
+        for _ in range(max(gen.target.concurrency, 1)):
+            self.workers.start_soon(self._worker, gen)
 
-    async def _claim_loop(self, nursery: trio.Nursery) -> None:
+    async def _worker(self, gen: _Generation) -> None:
+        """Try ready jobs one after another while ``gen`` is the lane's generation."""
+        try:
+            while not self.stopping and gen is self.gen:
+                if not self.ready or self.inflight >= max(gen.target.concurrency, 1):
+                    await self.idle.park()
+                    continue
+                item = self.ready.popleft()
+                if self.blocked:
+                    self.wake.set()  # the queue shrank: the claim loop may refill it
+                self.inflight += 1
+                gen.begin()
+                await self._attempt(item, gen)
+        finally:
+            # A retiring worker's slot goes to the current generation's workers.
+            self.idle.unpark_all()
+
+    async def _claim_loop(self) -> None:
         d = self.d
         next_poll = -math.inf
         while not self.stopping:
             # Reset before claiming: a notify that lands from here on wakes the wait.
             self.wake = trio.Event()
-            self._start_ready(nursery)
+            self.blocked = False
             queued = len(self.ready) + self.reserved
             free = self.capacity - self.inflight - queued
             now = trio.current_time()
@@ -218,15 +277,18 @@ class _Lane:
             if due and free > 0 and queued < max(self.gen.target.concurrency, 1):
                 seq = self.notified
                 next_poll = wake_at = now + d.poll_interval
+                self.claiming = 0
                 try:
                     claimed = await d.store.claim_due(self.name, d.wall_clock(), free)
                 except StoreError as exc:
+                    self.claiming = -1
                     log.warning("claim failed: %s", exc, extra={"destination": self.name})
                     self.store_empty = False
                     wake_at = trio.current_time() + d.store_retry
                 else:
                     self.ready.extend(claimed)
-                    self._start_ready(nursery)
+                    self.claiming = -1
+                    self.idle.unpark(count=len(claimed))
                     if len(claimed) == free:
                         continue  # there may be more due: claim again if slots allow
                     if self.notified == seq:
@@ -234,12 +296,14 @@ class _Lane:
                     self.due_at = await self._next_deadline()
             if self.store_empty and self.due_at is not None:
                 wake_at = min(wake_at, self.due_at)
-            if free <= 0 or queued >= max(self.gen.target.concurrency, 1):
-                # Nothing could be claimed now, however due: sleep until an attempt ends
+            if due and (free <= 0 or queued >= max(self.gen.target.concurrency, 1)):
+                # Nothing can be claimed now, however due: sleep until a worker makes room
                 # (it sets wake), not until a deadline that may already be past (a spin).
-                wake_at = math.inf
-            with trio.move_on_at(wake_at):
+                self.blocked = True
                 await self.wake.wait()
+            else:
+                with trio.move_on_at(wake_at):
+                    await self.wake.wait()
 
     async def _release_ready(self) -> None:
         """The lane stops: put the jobs it holds but never tried back in the queue."""
@@ -312,7 +376,8 @@ class _Lane:
         finally:
             self.inflight -= 1
             gen.end()
-            self.wake.set()
+            if self.blocked:
+                self.wake.set()
 
     async def _record_loop(self) -> None:
         """Record finished attempts, everything finished so far in one write."""
@@ -419,6 +484,11 @@ class Dispatcher:
             return None
         return lane
 
+    def drained(self, destination: str, claimed: int) -> None:
+        lane = self._lanes.get(destination)
+        if lane is not None:
+            lane.drained(claimed)
+
     def accept(self, token: object, job: ClaimedJob) -> None:
         assert isinstance(token, _Lane)
         token.settle(job)
@@ -478,21 +548,19 @@ class Dispatcher:
         self._targets = new
         if self._nursery is None or self._draining:
             return
-        waits: list[trio.Event] = []
+        waits: list[Callable[[], Awaitable[None]]] = []
         for name, lane in list(self._lanes.items()):
             if name not in new:
                 lane.stop(removed=True)
-                waits.append(lane.done)
+                waits.append(lane.done.wait)
             elif lane.gen.target != new[name]:
-                old = lane.gen
-                lane.gen = _Generation(new[name])
-                lane.wake.set()  # the concurrency may have grown
-                waits.append(old.idle)
+                waits.append(lane.gen.wait_idle)
+                lane.set_target(new[name])
         for name, target in new.items():
             if name not in self._lanes:
                 self._start_lane(name, target)
-        for event in waits:
-            await event.wait()
+        for wait in waits:
+            await wait()
 
     async def drain(self, grace: float) -> None:
         """Stop claiming; give attempts in flight ``grace`` seconds, then cancel them."""

@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from gatewayd.smpp.driver import SmppBind
 
 __all__ = ["Metrics", "status_label"]
-
 log = logging.getLogger("gatewayd.metrics")
 
 # What generate_latest writes: the classic text format (prometheus_client >= 0.22 calls
@@ -214,6 +213,11 @@ class Metrics:
         )
         for result in ("matched", "unmatched"):
             self.receipts.labels(result=result)
+        # Labelled children (labels() returns an instance of the metric's class), looked up
+        # once: labels() costs more than the inc() itself.
+        self._attempt_counters: dict[tuple[str, Outcome], Counter] = {}
+        self._dead_counters: dict[str, Counter] = {}
+        self._latency_histograms: dict[str, Histogram] = {}
         self.registry.register(_DaemonCollector(self))
         timings = getattr(daemon.store, "commit_seconds", None)
         if isinstance(timings, list) and not isinstance(timings, _ObservingList):
@@ -231,13 +235,29 @@ class Metrics:
         self, destination: str, item: ClaimedJob, result: AttemptResult, final: JobState | None
     ) -> None:
         """The dispatcher recorded an attempt (``Dispatcher(on_attempt=...)``)."""
-        self.attempts.labels(destination=destination, outcome=result.outcome.value).inc()
+        outcome = result.outcome
+        key = (destination, outcome)
+        counter = self._attempt_counters.get(key)
+        if counter is None:
+            counter = self.attempts.labels(destination=destination, outcome=outcome.value)
+            self._attempt_counters[key] = counter
+        counter.inc()
         if final is JobState.DEAD:
-            self.dead_letters.labels(destination=destination).inc()
-        if result.outcome is Outcome.DELIVERED:
+            dead = self._dead_counters.get(destination)
+            if dead is None:
+                dead = self._dead_counters[destination] = self.dead_letters.labels(
+                    destination=destination
+                )
+            dead.inc()
+        if outcome is Outcome.DELIVERED:
             received = item.event.received_at.timestamp()
             latency = max(self.daemon.wall_clock() - received, 0.0)
-            self.delivery_latency.labels(destination=destination).observe(latency)
+            histogram = self._latency_histograms.get(destination)
+            if histogram is None:
+                histogram = self._latency_histograms[destination] = self.delivery_latency.labels(
+                    destination=destination
+                )
+            histogram.observe(latency)
 
     def bind_retired(self, bind: SmppBind) -> None:
         """A bind is replaced (reload): keep its reconnects in the carrier's total."""

@@ -28,7 +28,12 @@ commits and reads inline. ``bench/bench_store.py`` measures both.
 Hand-off: a :class:`JobTaker` (the dispatcher) may take a job that ``persist`` creates
 straight into memory. The job is then written ``inflight`` in the same transaction (so a
 crash re-queues it, exactly like a claimed job) and given to the taker after the commit,
-with the event object itself: no ``claim_due`` and no JSON decoding for it.
+with the event object itself: no ``claim_due`` and no JSON decoding for it. A claim that
+takes every due job of a destination tells the taker (``drained``), so jobs created after
+it in the write order may be handed over again.
+
+Attempts are recorded per batch with three ``executemany`` statements (history rows,
+job updates, event statuses computed in SQL), whatever the batch size.
 
 When the writer is not running (command-line tools, tests) a write runs as its own
 transaction in a thread.
@@ -216,6 +221,15 @@ class JobTaker(Protocol):
     def accept(self, token: object, job: ClaimedJob) -> None: ...
 
     def cancel(self, token: object) -> None: ...
+
+    # Optional (looked up with getattr, so older takers need not have it):
+    #
+    # def drained(self, destination: str, claimed: int) -> None
+    #
+    # Called inside the write transaction when ``claim_due`` took every job due for
+    # ``destination`` (``claimed`` of them, not yet returned to the caller). Jobs that
+    # later operations create may then be reserved without overtaking queued ones. If the
+    # batch fails, ``claim_due`` raises StoreError and the jobs stay queued.
 
 
 @attrs.frozen(kw_only=True)
@@ -607,19 +621,82 @@ def _summarize(rows: Iterable[tuple[str, int, int | None]]) -> EventStatus:
     return EventStatus.DELIVERED
 
 
+# _summarize in SQL, over the jobs of the event being updated (``events.id``): one
+# statement per event instead of a SELECT, Python and an UPDATE. tests/test_store.py
+# checks that both agree on every combination of job states.
+_STATUS_SQL: Final = (
+    "SELECT CASE"
+    " WHEN COUNT(*) = 0 THEN 'unrouted'"
+    " WHEN SUM(state IN ('queued', 'inflight') AND attempts > 0) > 0 THEN 'retrying'"
+    " WHEN SUM(state IN ('queued', 'inflight')) > 0 THEN 'pending'"
+    " WHEN SUM(state = 'dead') > 0 THEN 'dead'"
+    " WHEN SUM(state = 'dropped') = COUNT(*) THEN 'dropped'"
+    " ELSE 'delivered' END"
+    " FROM jobs WHERE event_id = events.id AND replayed_by IS NULL"
+)
+_UPDATE_STATUS: Final = f"UPDATE events SET status = ({_STATUS_SQL}) WHERE id = ?"
+_UPDATE_STATUS_OF_JOB: Final = (
+    f"UPDATE events SET status = ({_STATUS_SQL})"
+    " WHERE id = (SELECT event_id FROM jobs WHERE id = ?)"
+)
+# One finished attempt: the history row (numbered from the job) and the job's new state.
+_INSERT_ATTEMPT: Final = (
+    "INSERT INTO attempts (job_id, event_id, destination, attempt, at, target,"
+    " status_code, latency_ms, error, response_excerpt, outcome)"
+    " SELECT id, event_id, destination, attempts + 1, ?, ?, ?, ?, ?, ?, ? FROM jobs WHERE id = ?"
+)
+_RECORD_JOB: Final = (
+    "UPDATE jobs SET state = ?, attempts = attempts + 1, next_at = ?, last_error = ?,"
+    " updated_at = ? WHERE id = ?"
+)
+
+
 class _Op:
     """One queued write: a function of the write connection, and its outcome."""
 
-    __slots__ = ("done", "error", "fn", "handoff", "notify", "now", "result")
+    __slots__ = (
+        "drained",
+        "error",
+        "finished",
+        "fn",
+        "handoff",
+        "notify",
+        "now",
+        "result",
+        "waiter",
+    )
 
     def __init__(self, fn: Callable[[sqlite3.Connection, _Op], Any], now: float) -> None:
         self.fn = fn
         self.now = now  # wall-clock time of the request (taken on the event loop)
-        self.done = trio.Event()
+        # The one task waiting for the outcome. Woken directly rather than through a
+        # trio.Event: an Event (and its ParkingLot) per write is measurable at this rate.
+        self.waiter: trio.lowlevel.Task | None = None
+        self.finished = False
         self.result: Any = None
         self.error: BaseException | None = None
         self.notify: tuple[str, ...] = ()  # destinations that got new jobs
+        self.drained: str | None = None  # a claim that took every due job of a destination
         self.handoff: list[tuple[object, ClaimedJob]] = []  # JobTaker tokens to settle
+
+    def finish(self) -> None:
+        """The outcome is in ``result``/``error``: wake the waiter (if still waiting)."""
+        self.finished = True
+        task, self.waiter = self.waiter, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+    async def wait(self) -> None:
+        """Wait until :meth:`finish`. Cancelling the wait does not cancel the write."""
+        if self.finished:
+            await trio.lowlevel.checkpoint()
+            return
+        self.waiter = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
+
+    def _abort(self, raise_cancel: object) -> trio.lowlevel.Abort:
+        self.waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 # --------------------------------------------------------------------------- SQLite
@@ -746,7 +823,7 @@ class SqliteStore(Store):
             pending, self._queue = self._queue, []
             for op in pending:
                 op.error = StoreClosed("the store writer stopped")
-                op.done.set()
+                op.finish()
 
     async def _offload(self, fn: Callable[[], T]) -> T:
         """Run a blocking sqlite call in a worker thread, or inline if so configured."""
@@ -769,24 +846,30 @@ class SqliteStore(Store):
         if len(times) > COMMIT_WINDOW and times.popleft() >= INLINE_COMMIT_MAX:
             self._slow_commits -= 1
 
+    def _commit_now(self) -> None:
+        """COMMIT (the fsync, any WAL checkpoint) in the calling thread."""
+        self._wconn.execute("COMMIT")
+
+    def _timed_commit(self) -> float:
+        start = time.perf_counter()
+        self._commit_now()
+        return time.perf_counter() - start
+
     async def _run_commit(self) -> None:
-        """COMMIT (the fsync, any WAL checkpoint): inline or in a thread, timed."""
-        conn = self._wconn
+        """COMMIT inline or in a thread (as ``use_thread`` says), timed for the choice."""
         if self._commit_inline():
+            # No await on this path: nothing can cancel it, so it needs no shield.
             self.inline_commits += 1
             start = time.perf_counter()
             try:
-                conn.execute("COMMIT")
+                self._commit_now()
             finally:
                 self._note_commit_time(time.perf_counter() - start)
             return
-
-        def commit() -> float:
-            start = time.perf_counter()
-            conn.execute("COMMIT")
-            return time.perf_counter() - start  # without the thread hop
-
-        self._note_commit_time(await trio.to_thread.run_sync(commit))
+        # Shielded: the transaction is applied, let the fsync finish.
+        with trio.CancelScope(shield=True):
+            # the time without the thread hop
+            self._note_commit_time(await trio.to_thread.run_sync(self._timed_commit))
 
     async def _commit(self, batch: list[_Op]) -> None:
         """Commit a batch: statements on the loop, the fsync inline or in a thread.
@@ -806,9 +889,7 @@ class SqliteStore(Store):
             else:
                 if self._apply(batch):
                     try:
-                        # Shielded: the transaction is applied, let the fsync finish.
-                        with trio.CancelScope(shield=True):
-                            await self._run_commit()
+                        await self._run_commit()
                     except sqlite3.Error as exc:
                         self._rollback()
                         self._fail_batch(batch, exc, "commit")
@@ -821,15 +902,18 @@ class SqliteStore(Store):
             for op in batch:
                 op.error = StoreClosed("the store writer stopped")
                 self._settle_handoff(op)
-                op.done.set()
+                op.finish()
             raise
         self.batches += 1
         notify: set[str] = set()
         for op in batch:
             if op.error is None:
+                if op.drained is not None:
+                    # A claim saw the jobs queued by the operations before it: no news.
+                    notify.discard(op.drained)
                 notify.update(op.notify)
             self._settle_handoff(op)
-            op.done.set()
+            op.finish()
         for name in sorted(notify):
             for listener in list(self._listeners):
                 listener(name)
@@ -910,7 +994,7 @@ class SqliteStore(Store):
         if self._running:
             self._queue.append(op)
             self._has_work.set()
-            await op.done.wait()
+            await op.wait()
         else:
             async with self._write_lock:
                 await self._commit([op])
@@ -1041,14 +1125,22 @@ class SqliteStore(Store):
                     )
                     self._update_status(conn, event_id)
                     continue
-                conn.execute(
-                    "UPDATE jobs SET state = 'inflight', updated_at = ? WHERE id = ?",
-                    (stamp, job_id),
-                )
                 job = Job(
                     id=job_id, event_id=event_id, destination=destination, attempt=attempts + 1
                 )
                 claimed.append(ClaimedJob(job=job, event=event))
+            conn.executemany(
+                "UPDATE jobs SET state = 'inflight', updated_at = ? WHERE id = ?",
+                [(stamp, c.job.id) for c in claimed],
+            )
+            if len(rows) < limit:
+                # Nothing more is due for this destination at this point of the write
+                # order: jobs committed after it may be handed over (see JobTaker.drained),
+                # and what earlier operations of this batch queued was seen by this claim.
+                op.drained = destination
+                drained = getattr(self._taker, "drained", None)
+                if drained is not None:
+                    drained(destination, len(claimed))
             return claimed
 
         return await self._write(op)
@@ -1061,10 +1153,11 @@ class SqliteStore(Store):
         next_at: float | None,
         final_state: JobState | None = None,
     ) -> None:
-        state = self._state_after(next_at, final_state)
+        item = RecordItem(job_id=job_id, result=result, next_at=next_at, final_state=final_state)
+        todo = [(item, self._state_after(next_at, final_state))]
 
         def op(conn: sqlite3.Connection, op: _Op) -> None:
-            if not self._record_op(conn, op.now, job_id, result, next_at, state):
+            if self._record_batch(conn, op.now, todo):
                 raise LookupError(f"no job {job_id}")
 
         await self._write(op)
@@ -1077,9 +1170,8 @@ class SqliteStore(Store):
         todo = [(i, self._state_after(i.next_at, i.final_state)) for i in items]
 
         def op(conn: sqlite3.Connection, op: _Op) -> None:
-            for item, state in todo:
-                if not self._record_op(conn, op.now, item.job_id, item.result, item.next_at, state):
-                    log.warning("recording an attempt: no such job", extra={"job_id": item.job_id})
+            for job_id in self._record_batch(conn, op.now, todo):
+                log.warning("recording an attempt: no such job", extra={"job_id": job_id})
 
         if todo:
             await self._write(op)
@@ -1094,52 +1186,50 @@ class SqliteStore(Store):
             return final_state
         raise ValueError(f"{final_state} is not a final state")
 
-    def _record_op(
-        self,
-        conn: sqlite3.Connection,
-        now: float,
-        job_id: int,
-        result: AttemptResult,
-        next_at: float | None,
-        state: JobState,
-    ) -> bool:
-        row = conn.execute(
-            "SELECT event_id, destination, attempts FROM jobs WHERE id = ?", (job_id,)
-        ).fetchone()
-        if row is None:
-            return False
-        event_id, destination, attempts = row
-        conn.execute(
-            "INSERT INTO attempts (job_id, event_id, destination, attempt, at, target,"
-            " status_code, latency_ms, error, response_excerpt, outcome)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                job_id,
-                event_id,
-                destination,
-                attempts + 1,
-                now,
-                result.target,
-                result.status_code,
-                result.latency_ms,
-                _excerpt(result.error, ERROR_MAX),
-                _excerpt(result.response_excerpt, RESPONSE_EXCERPT_MAX),
-                result.outcome.value,
-            ),
-        )
-        conn.execute(
-            "UPDATE jobs SET state = ?, attempts = attempts + 1, next_at = ?,"
-            " last_error = ?, updated_at = ? WHERE id = ?",
-            (
-                state.value,
-                now if next_at is None else next_at,
-                _excerpt(result.error, ERROR_MAX),
-                now,
-                job_id,
-            ),
-        )
-        self._update_status(conn, event_id)
-        return True
+    def _record_batch(
+        self, conn: sqlite3.Connection, now: float, todo: Sequence[tuple[RecordItem, JobState]]
+    ) -> list[int]:
+        """Record attempts with three statements for the whole batch (``executemany``).
+
+        Returns the ids of the jobs that do not exist; nothing is written for them.
+        """
+        ids = [item.job_id for item, _ in todo]
+        if len(set(ids)) != len(ids):
+            # The same job twice: its attempt numbers must follow each other, one by one.
+            return [i for entry in todo for i in self._record_batch(conn, now, [entry])]
+        attempts = []
+        jobs = []
+        for item, state in todo:
+            result = item.result
+            error = _excerpt(result.error, ERROR_MAX)
+            attempts.append(
+                (
+                    now,
+                    result.target,
+                    result.status_code,
+                    result.latency_ms,
+                    error,
+                    _excerpt(result.response_excerpt, RESPONSE_EXCERPT_MAX),
+                    result.outcome.value,
+                    item.job_id,
+                )
+            )
+            next_at = now if item.next_at is None else item.next_at
+            jobs.append((state.value, next_at, error, now, item.job_id))
+        # Each attempt row takes its number and names from the job before it is updated.
+        written = conn.executemany(_INSERT_ATTEMPT, attempts).rowcount
+        missing: list[int] = []
+        if written != len(ids):
+            found: set[int] = set()
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                sql = f"SELECT id FROM jobs WHERE id IN ({marks})"
+                found.update(r[0] for r in conn.execute(sql, chunk))
+            missing = [i for i in ids if i not in found]
+        conn.executemany(_RECORD_JOB, jobs)
+        conn.executemany(_UPDATE_STATUS_OF_JOB, [(i,) for i in ids])
+        return missing
 
     async def release(self, job_ids: Sequence[int]) -> None:
         ids = list(job_ids)
@@ -1195,12 +1285,7 @@ class SqliteStore(Store):
 
     @staticmethod
     def _update_status(conn: sqlite3.Connection, event_id: str) -> None:
-        rows = conn.execute(
-            "SELECT state, attempts, replayed_by FROM jobs WHERE event_id = ?", (event_id,)
-        ).fetchall()
-        conn.execute(
-            "UPDATE events SET status = ? WHERE id = ?", (_summarize(rows).value, event_id)
-        )
+        conn.execute(_UPDATE_STATUS, (event_id,))
 
     # ----------------------------------------------------------------- history
 

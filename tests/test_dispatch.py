@@ -524,3 +524,94 @@ async def test_recording_a_batch_retries_while_the_store_fails(
     assert not failures
     assert len(crm.calls) == 1  # the attempt is not repeated, only its recording
     assert (await store.get_event(event_id)).status is EventStatus.DELIVERED
+
+
+async def test_a_lane_that_fell_back_to_claiming_takes_hand_offs_again(
+    store: SqliteStore, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    claims: list[int] = []
+    real = store.claim_due
+
+    async def counting(destination: str, now: float, limit: int) -> list[Any]:
+        claimed = await real(destination, now, limit)
+        claims.append(len(claimed))
+        return claimed
+
+    monkeypatch.setattr(store, "claim_due", counting)
+    crm = FakeDest("crm")
+    d = make_dispatcher(store, targets(crm, concurrency=1), poll_interval=60)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(d.run)
+        await trio.sleep(1)
+        assert claims == [0]
+        # While a persist waits in the store's queue, the lane hears of queued jobs (as
+        # after a burst beyond its capacity) and queues a claim behind it: one batch.
+        async with store._write_lock:
+            nursery.start_soon(persist, store, "crm")
+            await trio.testing.wait_all_tasks_blocked()
+            d.notify("crm")
+            await trio.testing.wait_all_tasks_blocked()
+        await wait_for(lambda: len(crm.calls) == 1)
+        assert claims == [0, 1]  # the claim took the job queued just before it
+        later = [await persist(store, "crm") for _ in range(3)]
+        await wait_for(lambda: len(crm.calls) == 4)
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert claims == [0, 1]  # ... and the lane went back to hand-offs at once
+    assert [e for _, _, e in crm.calls[1:]] == later
+
+
+async def test_reload_to_a_higher_concurrency_runs_more_attempts_at_once(
+    store: SqliteStore, autojump_clock: trio.testing.MockClock
+) -> None:
+    old = FakeDest("crm", gate=trio.Event())
+    d = make_dispatcher(store, targets(old, concurrency=1))
+    ids = [await persist(store, "crm") for _ in range(9)]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(d.run)
+        await trio.sleep(1)
+        assert len(old.calls) == 1
+        new = FakeDest("crm", delay=1)
+
+        async def open_gate() -> None:
+            await trio.sleep(2)
+            assert old.gate is not None
+            old.gate.set()
+
+        nursery.start_soon(open_gate)
+        await d.update_destinations(targets(new, concurrency=3))
+        await wait_for(lambda: len(new.calls) == 8)
+        await trio.sleep(2)
+        # Back down to one: the workers of the old generation retire.
+        await d.update_destinations(targets(new, concurrency=1))
+        more = [await persist(store, "crm") for _ in range(3)]
+        await wait_for(lambda: len(new.calls) == 11)
+        await trio.sleep(2)
+        nursery.cancel_scope.cancel()
+    assert len(old.calls) == 1
+    assert new.max_active == 3
+    assert [e for _, _, e in new.calls[8:]] == more
+    for event_id in ids + more:
+        assert (await store.get_event(event_id)).status is EventStatus.DELIVERED
+
+
+async def test_concurrency_down_on_reload_waits_for_the_old_attempts(
+    store: SqliteStore, autojump_clock: trio.testing.MockClock
+) -> None:
+    old = FakeDest("crm", delay=10)
+    d = make_dispatcher(store, targets(old, concurrency=3))
+    for _ in range(6):
+        await persist(store, "crm")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(d.run)
+        await trio.sleep(1)
+        assert old.active == 3
+        new = FakeDest("crm", delay=10)
+        nursery.start_soon(d.update_destinations, targets(new, concurrency=1))
+        await trio.sleep(5)
+        assert (old.active, new.active) == (3, 0)  # no new attempt while three run
+        await trio.sleep(6)
+        assert (old.active, new.active) == (0, 1)
+        await wait_for(lambda: len(new.calls) == 3)
+        assert new.max_active == 1
+        nursery.cancel_scope.cancel()

@@ -726,3 +726,133 @@ async def test_ping_fails_while_another_process_holds_the_write_lock(tmp_path: P
         await store.ping()
     finally:
         store.close()
+
+
+# The event status is computed in SQL (one statement per event); _summarize is its spec.
+_JOB_VARIANTS = [
+    (state.value, attempts, replayed)
+    for state in JobState
+    for attempts in (0, 1)
+    for replayed in (None, 1)
+]
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3])
+def test_status_in_sql_agrees_with_summarize_on_every_mix_of_jobs(count: int) -> None:
+    import itertools
+
+    from gatewayd.store import _UPDATE_STATUS, _summarize
+
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE events (id TEXT PRIMARY KEY, status TEXT)")
+    conn.execute(
+        "CREATE TABLE jobs (id INTEGER PRIMARY KEY, event_id TEXT, state TEXT,"
+        " attempts INTEGER, replayed_by INTEGER)"
+    )
+    combos = list(itertools.combinations_with_replacement(_JOB_VARIANTS, count))
+    for n, jobs in enumerate(combos):
+        event_id = f"e{n}"
+        conn.execute("INSERT INTO events VALUES (?, 'x')", (event_id,))
+        conn.executemany(
+            "INSERT INTO jobs (event_id, state, attempts, replayed_by) VALUES (?, ?, ?, ?)",
+            [(event_id, *job) for job in jobs],
+        )
+        conn.execute(_UPDATE_STATUS, (event_id,))
+        (got,) = conn.execute("SELECT status FROM events WHERE id = ?", (event_id,)).fetchone()
+        assert got == _summarize(jobs).value, jobs
+    conn.close()
+
+
+async def test_the_same_job_twice_in_one_batch_is_numbered_in_order(
+    store: SqliteStore, wall: FakeWall
+) -> None:
+    mo = make_mo()
+    await store.persist(item(mo))
+    (claimed,) = await store.claim_due("crm", wall(), 10)
+    bad = AttemptResult(outcome=Outcome.RETRY, status_code=503, error="HTTP 503")
+    ok = AttemptResult(outcome=Outcome.DELIVERED, status_code=200)
+    job_id = claimed.job.id
+    await store.record_attempts(
+        [
+            RecordItem(job_id=job_id, result=bad, next_at=wall() + 60),
+            RecordItem(job_id=job_id, result=ok, next_at=None, final_state=JobState.DELIVERED),
+        ]
+    )
+    rec = await store.get_event(mo.id)
+    assert [(a.attempt, a.status_code) for a in rec.attempts] == [(1, 503), (2, 200)]
+    assert (rec.jobs[0].state, rec.jobs[0].attempts) == (JobState.DELIVERED, 2)
+    assert rec.status is EventStatus.DELIVERED
+
+
+async def test_recording_an_unknown_job_alone_raises_and_writes_nothing(
+    store: SqliteStore,
+) -> None:
+    ok = AttemptResult(outcome=Outcome.DELIVERED, status_code=200)
+    with pytest.raises(LookupError):
+        await store.record_attempt(424242, ok, next_at=None, final_state=JobState.DELIVERED)
+    (count,) = store._rconn.execute("SELECT COUNT(*) FROM attempts").fetchone()
+    assert count == 0
+
+
+async def test_a_cancelled_waiter_does_not_cancel_its_write(store: SqliteStore) -> None:
+    mo = make_mo()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await store.persist(item(mo))  # queued, then cancelled while waiting
+    assert scope.cancelled_caught
+    await store.persist(item())  # the writer carried on, and committed the first one too
+    assert (await store.get_event(mo.id)).status is EventStatus.PENDING
+
+
+@attrs.define
+class DrainAwareTaker(FakeTaker):
+    """Takes jobs only once a claim has found the store drained of due jobs."""
+
+    drained_calls: list[tuple[str, int]] = attrs.field(factory=list)
+    open: bool = False
+
+    def reserve(self, destination: str) -> object | None:
+        return super().reserve(destination) if self.open else None
+
+    def drained(self, destination: str, claimed: int) -> None:
+        self.drained_calls.append((destination, claimed))
+        self.open = True
+
+
+async def test_a_claim_that_drains_the_queue_tells_the_taker_and_swallows_earlier_notices(
+    store: SqliteStore, wall: FakeWall
+) -> None:
+    taker = DrainAwareTaker()
+    store.set_job_taker(taker)
+    notified: list[str] = []
+    store.add_job_listener(notified.append)
+    await store.persist(item())  # queued: the taker is not open yet
+    assert notified == ["crm"]
+    notified.clear()
+    # One batch: a persist (queued), the claim (sees it: drained), a persist (handed over).
+    first, second = make_mo(), make_mo()
+    claimed: list[ClaimedJob] = []
+
+    async def claim() -> None:
+        claimed.extend(await store.claim_due("crm", wall(), 10))
+
+    # The writer waits for the lock: all three queue up, in this order.
+    async with trio.open_nursery() as nursery, store._write_lock:
+        nursery.start_soon(store.persist, item(first))
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(claim)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(store.persist, item(second))
+        await trio.testing.wait_all_tasks_blocked()
+        batches = store.batches
+    assert store.batches == batches + 1
+    assert taker.drained_calls == [("crm", 2)]
+    assert len(claimed) == 2
+    assert [c.event for c in taker.accepted] == [second]
+    assert notified == []  # the claim saw the queued job: nobody needs waking
+    # A claim limited below what is due does not report the store drained.
+    taker.open = False
+    await store.persist(item())
+    await store.persist(item())
+    assert len(await store.claim_due("crm", wall(), 1)) == 1
+    assert taker.drained_calls == [("crm", 2)]
