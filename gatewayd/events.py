@@ -60,7 +60,9 @@ class Address:
 
 
 def _utc(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    if value.tzinfo is not dt.UTC:
+        value = value.astimezone(dt.UTC)
+    return value.isoformat()[:-6] + "Z"  # a UTC datetime's isoformat ends "+00:00"
 
 
 def _parse_time(value: str | None) -> dt.datetime | None:
@@ -121,12 +123,22 @@ class DeliveryReceipt:
 Event = MoMessage | DeliveryReceipt
 
 
+#: Each event class's field names, in order (``attrs.fields`` builds a tuple per call).
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {
+    cls: tuple(field.name for field in attrs.fields(cls)) for cls in (MoMessage, DeliveryReceipt)
+}
+_PLAIN = frozenset({str, int, bool, float, type(None)})  # stored as they are
+
+
 def event_to_dict(event: Event) -> dict[str, Any]:
     """The storage form of an event (all fields, JSON-safe), with the schema version."""
     out: dict[str, Any] = {"schema": SCHEMA_VERSION}
-    for field in attrs.fields(type(event)):
-        value = getattr(event, field.name)
-        if isinstance(value, Address):
+    names = _FIELD_NAMES.get(type(event)) or tuple(f.name for f in attrs.fields(type(event)))
+    for name in names:
+        value = getattr(event, name)
+        if type(value) in _PLAIN:  # exact types: a StrEnum is a str, and is converted below
+            pass
+        elif isinstance(value, Address):
             value = {"addr": value.addr, "ton": value.ton, "npi": value.npi}
         elif isinstance(value, dt.datetime):
             value = _utc(value)
@@ -134,7 +146,7 @@ def event_to_dict(event: Event) -> dict[str, Any]:
             value = value.hex()
         elif isinstance(value, enum.Enum):
             value = value.value
-        out[field.name] = value
+        out[name] = value
     return out
 
 
@@ -164,8 +176,13 @@ def event_from_dict(data: dict[str, Any]) -> Event:
     return cls(**kwargs)
 
 
+#: ``json.dumps(..., separators=(",", ":"), ensure_ascii=False)`` with the encoder built
+#: once (dumps builds one per call when given arguments).
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def event_to_json(event: Event) -> str:
-    return json.dumps(event_to_dict(event), separators=(",", ":"), ensure_ascii=False)
+    return _COMPACT(event_to_dict(event))
 
 
 def event_from_json(text: str) -> Event:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import json
 import re
@@ -117,11 +118,15 @@ def iso_utc(value: dt.datetime | None) -> str | None:
     """ISO 8601 in UTC with a ``Z`` suffix; None stays None."""
     if value is None:
         return None
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    if value.tzinfo is not dt.UTC:
+        value = value.astimezone(dt.UTC)
+    return value.isoformat()[:-6] + "Z"  # a UTC datetime's isoformat ends "+00:00"
 
 
 def _clean(text: str) -> str:
     """Make ``text`` encodable as UTF-8: join surrogate pairs, replace lone surrogates."""
+    if text.isascii():  # O(1) in CPython, and ASCII has no surrogates
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -212,6 +217,12 @@ def template_names(template: str) -> set[str]:
     return {match.group(1) for match in _PLACEHOLDER.finditer(template)}
 
 
+@functools.lru_cache(maxsize=256)
+def _names(template: str) -> frozenset[str]:
+    """:func:`template_names`, kept for a destination's URL (the same every request)."""
+    return frozenset(template_names(template))
+
+
 def render(
     template: str, values: Mapping[str, str], escape: Callable[[str], str] | None = None
 ) -> str:
@@ -263,9 +274,19 @@ def merge_query(url: str, fields: Iterable[tuple[str, str]]) -> str:
     return urllib.parse.urlunsplit(parts._replace(query=query))
 
 
+#: ``json.dumps(value, ensure_ascii=False, separators=(",", ":"))``, built once: dumps
+#: makes a new encoder per call with these arguments (~2 µs of a ~4 µs call).
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def compact_json(value: Any) -> str:
+    """Compact JSON text, non-ASCII kept (the same text ``json.dumps`` makes)."""
+    return _COMPACT(value)
+
+
 def json_bytes(value: Any) -> bytes:
     """Compact UTF-8 JSON."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _COMPACT(value).encode("utf-8")
 
 
 def jwt_token(secret: str, *, event_id: str, body: bytes, now: float) -> str:
@@ -346,11 +367,16 @@ def build_request(
     now: float,
 ) -> PreparedRequest:
     """The request that delivers ``event`` to ``dest`` (``now``: Unix time, for the JWT)."""
-    values = placeholders(event, extra)
-    url = render_url(dest.url, values)
+    url_names = _names(dest.url)
+    if dest.body is None and not url_names:
+        url = dest.url  # nothing to render: skip working out every placeholder
+        values: dict[str, str] = {}
+    else:
+        values = placeholders(event, extra)
+        url = render_url(dest.url, values)
     if dest.body is not None:
         fields = render_fields(dest.body, values)
-    elif dest.method == "GET" and template_names(dest.url):
+    elif dest.method == "GET" and url_names:
         # A composed GET URL (the seeds' "compose webhook") is the whole payload: adding the
         # default fields too would repeat names such as id/status with other values.
         fields = {}

@@ -357,3 +357,44 @@ def test_prepared_request_is_frozen() -> None:
     request = payloads.build_request(dest(), make_mo(), now=NOW)
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         request.url = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        dt.datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=dt.UTC),
+        dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=-5))),
+        dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone(dt.timedelta(0))),  # not dt.UTC
+        dt.datetime(2026, 1, 2, 3, 4, 5),  # naive: local time, as astimezone reads it
+    ],
+)
+def test_iso_utc_is_the_astimezone_form(value: dt.datetime) -> None:
+    expected = value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    assert payloads.iso_utc(value) == expected
+
+
+@given(st.dictionaries(st.text(), st.one_of(st.text(), st.integers(), st.none(), st.floats())))
+def test_json_bytes_is_compact_dumps(value: dict[str, Any]) -> None:
+    expected = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    assert payloads.json_bytes(value) == expected
+
+
+@pytest.mark.parametrize("extra", [None, {"units": "2", "custom": '{"a": 1}'}])
+@pytest.mark.parametrize("event", [make_mo(), make_dlr()])
+def test_a_url_without_placeholders_skips_rendering_with_the_same_result(
+    event: Any, extra: dict[str, str] | None
+) -> None:
+    # The reference: what build_request did before, rendering the URL from every value.
+    config = dest(url="https://h.example/in?a=%7B%7Bx%7D%7D", headers={"X-K": "v"})
+    values = payloads.placeholders(event, extra)
+    expected = payloads.compose(
+        method=config.method,
+        url=payloads.render_url(config.url, values),
+        format=config.format,
+        fields=payloads.default_json(event, extra),
+        event_id=event.id,
+        headers=config.headers,
+        auth=config.auth,
+        now=1.0,
+    )
+    assert payloads.build_request(config, event, extra, now=1.0) == expected

@@ -604,26 +604,27 @@ def _prepared(method: str, url: str, headers: list[tuple[str, str]], body: bytes
 UA = ("User-Agent", "gatewayd/x")
 
 
-@pytest.mark.parametrize(
-    ("method", "url", "headers", "body"),
-    [
-        ("POST", "http://h.example/in", [UA, ("Content-Type", "application/json")], b"{}"),
-        ("POST", "https://h.example:8443/in?a=1&b=%20", [UA, ("Idempotency-Key", "e1")], b"x"),
-        ("POST", "http://h.example/in", [UA], b""),
-        ("PUT", "http://h.example/in", [UA], b""),
-        ("PATCH", "http://h.example/in", [UA], b"y"),
-        ("GET", "http://h.example/in?id=1", [UA, ("Idempotency-Key", "e1")], b""),
-        ("DELETE", "http://h.example/in", [UA], b""),
-        ("POST", "http://u:p%40ss@h.example/in", [UA], b"z"),
-        ("POST", "http://us%C3%A9r@h.example/in", [UA], b"z"),
-        ("POST", "http://u:p@h.example/in", [UA, ("Authorization", "Bearer t")], b"z"),
-        ("POST", "http://h.example/in", [("accept", "a/b"), ("X-A", "1"), ("x-a", "2")], b"z"),
-        ("POST", "http://h.example/in", [("Host", "other"), ("Content-Length", "1")], b"z"),
-        ("POST", "http://h.example/in", [("Transfer-Encoding", "chunked")], b""),
-        ("POST", "http://[::1]:81/in", [("Connection", "close")], b"z"),
-        ("POST", "http://xn--bcher-kva.example/in", [UA], b"z"),
-    ],
-)
+DIRECT_CASES: list[tuple[str, str, list[tuple[str, str]], bytes]] = [
+    ("POST", "http://h.example/in", [UA, ("Content-Type", "application/json")], b"{}"),
+    ("POST", "https://h.example:8443/in?a=1&b=%20", [UA, ("Idempotency-Key", "e1")], b"x"),
+    ("POST", "http://h.example/in", [UA], b""),
+    ("PUT", "http://h.example/in", [UA], b""),
+    ("PATCH", "http://h.example/in", [UA], b"y"),
+    ("GET", "http://h.example/in?id=1", [UA, ("Idempotency-Key", "e1")], b""),
+    ("DELETE", "http://h.example/in", [UA], b""),
+    ("POST", "http://u:p%40ss@h.example/in", [UA], b"z"),
+    ("POST", "http://us%C3%A9r@h.example/in", [UA], b"z"),
+    ("POST", "http://u:p@h.example/in", [UA, ("Authorization", "Bearer t")], b"z"),
+    ("POST", "http://h.example/in", [("accept", "a/b"), ("X-A", "1"), ("x-a", "2")], b"z"),
+    ("POST", "http://h.example/in", [("Host", "other"), ("Content-Length", "1")], b"z"),
+    ("POST", "http://h.example/in", [("Transfer-Encoding", "chunked")], b""),
+    ("POST", "http://[::1]:81/in", [("Connection", "close")], b"z"),
+    ("POST", "http://xn--bcher-kva.example/in", [UA], b"z"),
+    ("post", "http://h.example/in", [UA], b""),  # httpx upper-cases, then adds Content-Length
+]
+
+
+@pytest.mark.parametrize(("method", "url", "headers", "body"), DIRECT_CASES)
 def test_direct_sender_builds_what_the_client_builds(
     method: str, url: str, headers: list[tuple[str, str]], body: bytes
 ) -> None:
@@ -647,6 +648,122 @@ def test_direct_sender_builds_what_the_client_builds(
         assert ours.content == theirs.content
         assert ours.extensions == theirs.extensions
     assert plan.target == dhttp.public_target(url)
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "headers", "body"),
+    [
+        *DIRECT_CASES,
+        ("post", "http://h.example/in", [UA], b"lower-case method"),
+        ("patch", "http://h.example/in", [UA], b""),
+        ("POST", "http://h.example/in", [("X-Bad", "a\x01b")], b"z"),  # a CTL in a value
+        ("POST", "http://h.example/in", [("X Bad", "1"), ("X-A", "\x7f")], b"z"),
+        (
+            "GET",
+            "http://h.example/in",
+            [("X-A", "1"), ("Connection", "x"), ("connection", "y")],
+            b"",
+        ),
+        ("GET", "http://h.example/in", [("Connection", "Close")], b""),
+        ("POST", "http://h.example/big", [UA], b"b" * 70_000),  # sent apart by the transport
+        ("POST", "ftp://h.example/in", [UA], b"z"),
+    ],
+)
+def test_direct_sender_encodes_the_bytes_the_transport_sends(
+    method: str, url: str, headers: list[tuple[str, str]], body: bytes
+) -> None:
+    from gatewayd.destinations.transport import LeanTransport, _serialize
+
+    client = dhttp.make_client(UrlDestination(name="x", url="https://h/", timeout=3.0))
+    direct = dhttp.DirectSender.for_client(client)
+    assert direct is not None
+    request = _prepared(method, url, headers, body)
+    plan = direct.plan(url, request.header("Authorization") is not None)
+    for _ in range(2):  # the second time from the caches
+        try:
+            ours: Any = direct.encode(request, plan)
+        except httpx.HTTPError as exc:
+            ours = (type(exc), str(exc))
+        built = direct.build(request, plan)
+        assert built is not None
+        try:
+            url_ = built.url
+            if url_.scheme not in ("http", "https"):
+                raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url_.scheme!r}")
+            head, rest, _, close = _serialize(built)
+            origin = (url_.scheme, url_.host, url_.port or (443 if url_.scheme == "https" else 80))
+            theirs: Any = (origin, head + (rest or b""), close)
+        except httpx.HTTPError as exc:
+            theirs = (type(exc), str(exc))
+        assert ours == theirs
+    assert isinstance(client._transport, LeanTransport)
+
+
+@pytest.mark.parametrize(
+    ("read", "error"),
+    [
+        (2.0, "timeout: ReadTimeout: read timed out after 2.0s"),
+        (10.0, "timeout: no response within 10s"),  # the overall deadline wins a tie
+        (20.0, "timeout: no response within 10s"),
+    ],
+)
+async def test_read_timeout_and_overall_deadline_on_the_direct_path(
+    rx: WebhookReceiver, autojump_clock: trio.testing.MockClock, read: float, error: str
+) -> None:
+    def factory(config: UrlDestination) -> httpx.AsyncClient:
+        client = dhttp.make_client(config)
+        client.timeout = httpx.Timeout(30.0, read=read)
+        return client
+
+    rx.respond_with(Reply(delay=math.inf))
+    destination = HttpDestination(url_dest(rx, timeout=10.0), client_factory=factory)
+    try:
+        assert destination._direct is not None
+        result = await destination.deliver(make_mo(), JOB)
+    finally:
+        await destination.aclose()
+    assert (result.outcome, result.status_code, result.error) == (Outcome.RETRY, None, error)
+    assert result.latency_ms == min(read, 10.0) * 1000
+
+
+async def test_a_body_still_arriving_is_read_within_the_deadline(
+    rx: WebhookReceiver, autojump_clock: trio.testing.MockClock
+) -> None:
+    # 300 kB cannot all be in the first read: the rest streams, within the same deadline.
+    rx.respond_with(Reply(status=503, body=b"y" * 300_000, headers=(("Retry-After", "7"),)))
+    result = await deliver_once(url_dest(rx))
+    assert (result.outcome, result.status_code, result.retry_after) == (Outcome.RETRY, 503, 7.0)
+    assert result.response_excerpt == "y" * dhttp.EXCERPT_BYTES
+
+
+def test_direct_sender_encode_refuses_like_the_transport_once_the_layout_is_cached() -> None:
+    from gatewayd.destinations.transport import _serialize
+
+    client = dhttp.make_client(UrlDestination(name="x", url="https://h/", timeout=3.0))
+    direct = dhttp.DirectSender.for_client(client)
+    assert direct is not None
+    url = "http://h.example/a%2Fb?q=%25"
+    plan = direct.plan(url, False)
+
+    def both(value: str) -> tuple[Any, Any]:
+        request = _prepared("POST", url, [UA, ("X-V", value)], b"{}")
+        try:
+            ours: Any = direct.encode(request, plan)[1]  # type: ignore[index]
+        except (httpx.HTTPError, UnicodeEncodeError) as exc:
+            ours = (type(exc), str(exc))
+        try:
+            built = direct.build(request, plan)
+            assert built is not None
+            theirs: Any = _serialize(built)[0]
+        except (httpx.HTTPError, UnicodeEncodeError) as exc:
+            theirs = (type(exc), str(exc))
+        return ours, theirs
+
+    for value in ["ok", "caf\u00e9", "a\x01b", "tab\tok", "100%", "%s %d"]:
+        ours, theirs = both(value)
+        assert ours == theirs, value
+    assert both("100%")[0].startswith(b"POST /a%2Fb?q=%25 HTTP/1.1\r\nHost: h.example\r\n")
+    assert [wire.template is not None for wire in plan.wires.values()] == [True]  # the fast way
 
 
 def test_direct_sender_only_for_plain_clients() -> None:

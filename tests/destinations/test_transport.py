@@ -7,7 +7,9 @@ import contextlib
 import functools
 import math
 import shutil
+import socket
 import ssl
+import struct
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -22,7 +24,12 @@ from hypothesis import strategies as st
 
 from gatewayd.config import UrlDestination
 from gatewayd.destinations import http as dhttp
-from gatewayd.destinations.transport import LeanTransport, parse_head, tcp_connect
+from gatewayd.destinations.transport import (
+    DeadlineExceeded,
+    LeanTransport,
+    parse_head,
+    tcp_connect,
+)
 from tests.webhook import ReceivedRequest, Reply, WebhookReceiver, open_webhook_receiver
 
 TIMEOUT = httpx.Timeout(5.0)
@@ -837,3 +844,223 @@ def test_serialize_sees_connection_close() -> None:
 
     assert _serialize(httpx.Request("GET", "http://h/", headers={"Connection": "Close"}))[3]
     assert not _serialize(httpx.Request("GET", "http://h/", headers={"Connection": "x"}))[3]
+
+
+# --- exchange(): the same transport without httpx's request and response objects ---------
+
+
+def _post(path: str, body: bytes, port: int) -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+async def test_exchange_returns_head_and_body_and_reuses_the_connection() -> None:
+    async with trio.open_nursery() as nursery:
+        server = await raw_server(
+            nursery, lambda s, c, k: b"HTTP/1.1 201 Made\r\nX-A: 1\r\n" + OK[17:]
+        )
+        transport = LeanTransport()
+        origin = ("http", "127.0.0.1", server.port)
+        timeouts = TIMEOUT.as_dict()
+        for body in (b"one", b"two"):
+            head, first, stream = await transport.exchange(
+                origin, "POST", _post("/x", body, server.port), close=False, timeouts=timeouts
+            )
+            assert (head.status, head.reason, first, stream) == (201, b"Made", b"ok", None)
+            assert head.headers == [(b"X-A", b"1"), (b"Content-Length", b"2")]
+            assert head.has(b"x-a")
+            assert not head.has(b"content-encoding")
+            assert transport.pool.idle == 1  # back in the pool before returning
+        await transport.aclose()
+        nursery.cancel_scope.cancel()
+    assert server.connections == 1
+    assert server.requests[1].endswith(b"\r\n\r\ntwo")
+
+
+async def test_exchange_streams_a_body_still_to_come_and_honours_close() -> None:
+    release = trio.Event()
+
+    async def handler(stream: trio.SocketStream, number: int) -> None:
+        await read_request(stream, bytearray())
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab")
+        await release.wait()
+        await stream.send_all(b"cde")
+
+    async with trio.open_nursery() as nursery:
+        server = await start_raw(nursery, handler)
+        transport = LeanTransport()
+        head, first, stream = await transport.exchange(
+            ("http", "127.0.0.1", server.port),
+            "GET",
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            close=True,
+            timeouts=TIMEOUT.as_dict(),
+        )
+        assert (head.status, first) == (200, b"")
+        assert stream is not None
+        release.set()
+        assert b"".join([chunk async for chunk in stream]) == b"abcde"
+        await stream.aclose()
+        assert (transport.pool.idle, transport.pool.connections) == (0, 0)  # close asked
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("read", "deadline", "expected"),
+    [
+        (10.0, 5.0, DeadlineExceeded),
+        (5.0, 5.0, DeadlineExceeded),  # a tie: the outer deadline wins, as nested scopes do
+        (2.0, 5.0, httpx.ReadTimeout),
+    ],
+)
+async def test_exchange_deadline_and_the_read_timeout(
+    rx: WebhookReceiver,
+    autojump_clock: trio.testing.MockClock,
+    read: float,
+    deadline: float,
+    expected: type[Exception],
+) -> None:
+    rx.respond_with(Reply(delay=math.inf))
+    transport = LeanTransport()
+    start = trio.current_time()
+    with pytest.raises(expected):
+        await transport.exchange(
+            ("http", "127.0.0.1", rx.port),
+            "POST",
+            _post("/in", b"x", rx.port),
+            close=False,
+            timeouts=httpx.Timeout(30.0, read=read).as_dict(),
+            deadline=start + deadline,
+        )
+    assert trio.current_time() - start == min(read, deadline)
+    assert (transport.pool.connections, transport.pool.idle) == (0, 0)
+    await transport.aclose()
+
+
+async def test_exchange_past_its_deadline_sends_nothing(
+    rx: WebhookReceiver, autojump_clock: trio.testing.MockClock
+) -> None:
+    transport = LeanTransport()
+    with pytest.raises(DeadlineExceeded):
+        await transport.exchange(
+            ("http", "127.0.0.1", rx.port),
+            "POST",
+            _post("/in", b"x", rx.port),
+            close=False,
+            timeouts=TIMEOUT.as_dict(),
+            deadline=trio.current_time(),
+        )
+    assert rx.requests == []
+    assert transport.pool.connections == 0
+
+
+async def test_exchange_deadline_while_waiting_for_a_slot(
+    rx: WebhookReceiver, autojump_clock: trio.testing.MockClock
+) -> None:
+    rx.respond_with(Reply(delay=10.0), then=200)
+    transport = LeanTransport(max_connections=1)
+    origin = ("http", "127.0.0.1", rx.port)
+    timeouts = httpx.Timeout(30.0).as_dict()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            functools.partial(
+                transport.exchange,
+                origin,
+                "POST",
+                _post("/slow", b"", rx.port),
+                close=False,
+                timeouts=timeouts,
+            )
+        )
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(DeadlineExceeded):
+            await transport.exchange(
+                origin,
+                "POST",
+                _post("/waits", b"", rx.port),
+                close=False,
+                timeouts=timeouts,
+                deadline=trio.current_time() + 1.0,
+            )
+    head, _, _ = await transport.exchange(
+        origin, "POST", _post("/after", b"", rx.port), close=False, timeouts=timeouts
+    )
+    assert head.status == 200
+    assert [r.path for r in rx.requests] == ["/slow", "/after"]
+    await transport.aclose()
+
+
+@pytest.mark.parametrize("deadline", [math.inf, 1.0])
+async def test_write_timeout_and_deadline_on_a_real_socket(
+    autojump_clock: trio.testing.MockClock, deadline: float
+) -> None:
+    async def never_reads(stream: trio.SocketStream, number: int) -> None:
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        server = await start_raw(nursery, never_reads)
+        transport = LeanTransport()
+        big = _post("/", b"x" * 32_000_000, server.port)  # more than the socket buffers hold
+        expected = httpx.WriteTimeout if deadline == math.inf else DeadlineExceeded
+        with pytest.raises(expected):
+            await transport.exchange(
+                ("http", "127.0.0.1", server.port),
+                "POST",
+                big,
+                close=False,
+                timeouts=httpx.Timeout(30.0, write=2.0).as_dict(),
+                deadline=trio.current_time() + deadline,
+            )
+        assert transport.pool.connections == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_reset_connection_reads_as_trio_describes_it() -> None:
+    async def resets(stream: trio.SocketStream, number: int) -> None:
+        await read_request(stream, bytearray())
+        linger = struct.pack("ii", 1, 0)  # close with RST
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        stream.socket.close()
+
+    async with trio.open_nursery() as nursery:
+        server = await start_raw(nursery, resets)
+        async with lean_client(LeanTransport()) as client:
+            with pytest.raises(httpx.ReadError) as caught:
+                await client.post(server.url, content=b"x")
+        nursery.cancel_scope.cancel()
+    assert str(caught.value).startswith("socket connection broken: [Errno 104]")
+    assert isinstance(caught.value.__cause__, trio.BrokenResourceError)
+    assert isinstance(caught.value.__cause__.__cause__, ConnectionResetError)
+
+
+# --- parse_head: the CRLF fast path agrees with the line loop --------------------------------
+
+_head_text = st.text(st.characters(min_codepoint=0, max_codepoint=0xFF), max_size=12).filter(
+    lambda t: "\r" not in t and "\n" not in t
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["HTTP/1.1 200 OK", "HTTP/1.0 404", "HTTP/2.0 200 X", "HTTP/1.1 20 X", ""]),
+    st.lists(
+        st.one_of(
+            st.tuples(_token, _head_text).map(lambda p: f"{p[0]}:{p[1]}"),
+            _head_text,
+            _head_text.map(lambda t: " " + t),
+        ),
+        max_size=6,
+    ),
+)
+def test_parse_head_fast_path_agrees_with_the_line_loop(status: str, lines: list[str]) -> None:
+    crlf = "\r\n".join([status, *lines]).encode("latin-1")
+    bare_lf = crlf.replace(b"\r\n", b"\n")  # bare LF line ends: never the fast path
+
+    def parsed(head: bytes) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]] | str:
+        try:
+            result = parse_head(head)
+        except httpx.RemoteProtocolError:
+            return "error"
+        return (result.status, result.reason, result.version, result.headers)
+
+    assert parsed(crlf) == parsed(bare_lf)
