@@ -11,6 +11,10 @@ default) goes back instead so the SMSC resends; the reassembler is rolled back s
 resent part counts as new. A resend of something already stored is recognised by its
 dedup key and acknowledged without a second delivery.
 
+The deliver_sm of one read are handled as a batch (``_consume_batch``): their persists run
+concurrently so they share one group commit, and each is acknowledged the moment its own
+commit is known (one slow part or receipt does not hold up the others).
+
 Shutdown (SIGTERM): stop the binds (unbind: no new deliver_sm), let attempts in flight
 finish within ``drain_grace``, leave everything else queued in the store, return.
 """
@@ -22,7 +26,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
 import trio
@@ -60,6 +64,7 @@ from gatewayd.store import (
     ConcatPart,
     JobState,
     PersistItem,
+    PersistResult,
     PersistStatus,
     SqliteStore,
     Store,
@@ -285,7 +290,12 @@ class Daemon:
         assert self._bind_nursery is not None
         settings = bind_settings(carrier)
         binds = [
-            SmppBind(settings, self._consume, name=f"{carrier.name}#{i + 1}")
+            SmppBind(
+                settings,
+                self._consume,
+                name=f"{carrier.name}#{i + 1}",
+                batch_consumer=self._consume_batch,
+            )
             for i in range(carrier.sessions)
         ]
         self.binds[carrier.name] = binds
@@ -315,18 +325,119 @@ class Daemon:
         kind = decoded.type
         self.received[(carrier.name, kind)] = self.received.get((carrier.name, kind), 0) + 1
         key = dedup_key(pdu, carrier.name)
+        return await self._ingest(carrier, decoded, key, received_at)
+
+    async def _consume_batch(
+        self, pdus: Sequence[P.Pdu], bind: SmppBind, answer: Callable[[int, int], None]
+    ) -> None:
+        """What one read brought, at once: every deliver_sm decoded, the whole MOs made
+        durable together (one group commit), each answered as soon as its own is.
+
+        Same outcomes per PDU as :meth:`_consume`; parts (per-message locks) and receipts
+        (correlation reads the store) take :meth:`_ingest` each, concurrently."""
+        if len(pdus) == 1:
+            answer(0, await self._consume(pdus[0], bind))
+            return
+        carrier = self._bind_carrier.get(bind) or self.config.carriers[bind.settings.carrier]
+        name = carrier.name
+        options = self._options.get(name) or ReceiveOptions(
+            gsm_as=carrier.charset, a2p_max_digits=self.config.classify.a2p_max_digits
+        )
+        received_at = dt.datetime.fromtimestamp(self.wall_clock(), dt.UTC)
+        mos: list[tuple[int, MoMessage, PersistItem]] = []
+        others: list[tuple[int, MoMessage | DeliveryReceipt | Part, str]] = []
+        received = self.received
+        for index, pdu in enumerate(pdus):
+            try:
+                decoded = decode_deliver(
+                    pdu, carrier=name, received_at=received_at, options=options
+                )
+                counter = (name, decoded.type)
+                received[counter] = received.get(counter, 0) + 1
+                key = dedup_key(pdu, name)
+                if isinstance(decoded, MoMessage):
+                    destinations = self.router.route_mo(decoded)
+                    item = PersistItem(event=decoded, destinations=destinations, dedup_key=key)
+                    mos.append((index, decoded, item))
+                else:
+                    others.append((index, decoded, key))
+            except Exception:
+                # What the runner does for a failing handler: the SMSC resends it.
+                self._handler_failed(name)
+                answer(index, P.ESME_RX_T_APPN)
+
+        def stored(position: int, result: PersistResult | Exception) -> None:
+            index, event, item = mos[position]
+            if isinstance(result, StoreError):
+                answer(index, self._store_failed(carrier, result))
+            elif isinstance(result, Exception):
+                self._handler_failed(name, result)
+                answer(index, P.ESME_RX_T_APPN)
+            else:
+                self._persisted(event, item.destinations, result)
+                answer(index, self._acked(P.ESME_ROK))
+
+        async def ingest(index: int, decoded: MoMessage | DeliveryReceipt | Part, key: str) -> None:
+            try:
+                status = await self._ingest(carrier, decoded, key, received_at)
+            except Exception as exc:
+                self._handler_failed(name, exc)
+                status = P.ESME_RX_T_APPN
+            answer(index, status)
+
+        async with trio.open_nursery() as nursery:
+            for position, (_, _, item) in enumerate(mos):
+                nursery.start_soon(self._persist_one, item, position, stored)
+            for index, decoded, key in others:
+                nursery.start_soon(ingest, index, decoded, key)
+
+    async def _persist_one(
+        self,
+        item: PersistItem,
+        position: int,
+        done: Callable[[int, PersistResult | Exception], None],
+    ) -> None:
+        """One of a batch's persists, run concurrently with the others so the store's writer
+        commits them as one group; ``done`` gets its result or error the moment it has it."""
+        try:
+            result: PersistResult | Exception = await self.store.persist(item)
+        except Exception as exc:
+            result = exc
+        done(position, result)
+
+    @staticmethod
+    def _handler_failed(carrier: str, exc: BaseException | None = None) -> None:
+        log.error(
+            "request handler failed; answering a temporary error",
+            exc_info=exc if exc is not None else True,
+            extra={"carrier": carrier},
+        )
+
+    async def _ingest(
+        self,
+        carrier: CarrierConfig,
+        decoded: MoMessage | DeliveryReceipt | Part,
+        key: str,
+        received_at: dt.datetime,
+    ) -> int:
+        """Make one decoded deliver_sm durable; the status for its deliver_sm_resp."""
         try:
             if isinstance(decoded, Part):
                 await self._ingest_part(decoded, key, received_at)
             else:
                 await self._persist_event(decoded, key)
-            status = P.ESME_ROK
         except StoreError as exc:
-            log.error(
-                "store cannot commit; answering a temporary error so the SMSC resends",
-                extra={"carrier": carrier.name, "error": str(exc)},
-            )
-            status = carrier.temp_error_status
+            return self._store_failed(carrier, exc)
+        return self._acked(P.ESME_ROK)
+
+    def _store_failed(self, carrier: CarrierConfig, exc: StoreError) -> int:
+        log.error(
+            "store cannot commit; answering a temporary error so the SMSC resends",
+            extra={"carrier": carrier.name, "error": str(exc)},
+        )
+        return self._acked(carrier.temp_error_status)
+
+    def _acked(self, status: int) -> int:
         self.acks[status] = self.acks.get(status, 0) + 1
         return status
 
@@ -347,13 +458,18 @@ class Daemon:
                 completed_concat_keys=completed,
             )
         )
+        self._persisted(event, destinations, result)
+
+    def _persisted(
+        self, event: Event, destinations: tuple[str, ...], result: PersistResult
+    ) -> None:
         extra = {"event_id": result.event_id, "carrier": event.carrier, "type": event.type}
         if result.status is PersistStatus.DUPLICATE:
             self.duplicates += 1
             log.info("duplicate deliver_sm acknowledged without a new delivery", extra=extra)
         elif not destinations:
             log.warning("no route for this event: stored, not delivered", extra=extra)
-        else:
+        elif log.isEnabledFor(logging.DEBUG):
             if self.log_text:  # only with --log-text at debug level: text is personal data
                 extra["message_text"] = getattr(event, "text", None)
             log.debug("stored", extra={**extra, "destinations": list(destinations)})

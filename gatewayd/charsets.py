@@ -16,6 +16,7 @@ on one septet per byte and never pack.
 
 from __future__ import annotations
 
+import codecs
 from typing import Literal
 
 import attrs
@@ -101,6 +102,10 @@ class GsmEncodeError(ValueError):
 # --- GSM 03.38 -------------------------------------------------------------------------------
 
 
+# Byte -> character for text without escapes: the basic table, U+FFFD for non-septets.
+_GSM_DECODING_TABLE = GSM_BASIC + "\ufffd" * 128
+
+
 def gsm_decode(septets: bytes) -> str:
     """Decode GSM 03.38 septets, one per byte. Never raises.
 
@@ -109,6 +114,9 @@ def gsm_decode(septets: bytes) -> str:
     for a further extension) and a trailing lone ESC show a space. A byte with the eighth bit
     set is not a septet at all: it becomes U+FFFD.
     """
+    if ESCAPE not in septets:
+        # The common case, in C: one table lookup per byte (no escape to pair up).
+        return codecs.charmap_decode(septets, "strict", _GSM_DECODING_TABLE)[0]
     out: list[str] = []
     i = 0
     n = len(septets)

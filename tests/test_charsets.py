@@ -152,3 +152,42 @@ def test_split_properties(text: str) -> None:
         assert all(len(p) % 2 == 0 for p in parts)
         # Each part is valid UTF-16 on its own: no surrogate pair was cut.
         assert "".join(p.decode("utf-16-be") for p in parts) == text
+
+
+def _reference_gsm_decode(septets: bytes) -> str:
+    """gsm_decode as first written: one septet at a time."""
+    out: list[str] = []
+    i = 0
+    n = len(septets)
+    while i < n:
+        code = septets[i]
+        i += 1
+        if code > 0x7F:
+            out.append("\ufffd")
+        elif code == cs.ESCAPE:
+            if i >= n:
+                out.append(" ")
+                break
+            nxt = septets[i]
+            i += 1
+            if nxt in cs.GSM_EXTENSION:
+                out.append(cs.GSM_EXTENSION[nxt])
+            elif nxt == cs.ESCAPE:
+                out.append(" ")
+            elif nxt > 0x7F:
+                out.append("\ufffd")
+            else:
+                out.append(cs.GSM_BASIC[nxt])
+        else:
+            out.append(cs.GSM_BASIC[code])
+    return "".join(out)
+
+
+@given(st.binary(max_size=300))
+def test_gsm_decode_matches_the_septet_by_septet_reference(data: bytes) -> None:
+    assert cs.gsm_decode(data) == _reference_gsm_decode(data)
+
+
+@given(st.binary(max_size=300).map(lambda b: b.replace(b"\x1b", b"")))
+def test_gsm_decode_without_escapes_matches_the_reference(data: bytes) -> None:
+    assert cs.gsm_decode(data) == _reference_gsm_decode(data)

@@ -15,7 +15,7 @@ import logging
 import math
 import random
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Literal
 
 import attrs
@@ -29,6 +29,7 @@ from gatewayd.smpp.runner import (
     BindLost,
     NotBound,
     RequestTimeout,
+    Respond,
     SessionRunner,
 )
 
@@ -84,6 +85,9 @@ class BindSettings:
 
 # The consumer of incoming deliver_sm/data_sm: returns the command_status of the response.
 Consumer = Callable[[P.Pdu, "SmppBind"], Awaitable[int]]
+# The same for the deliver_sm/data_sm of one read at once: calls answer(index, status) for
+# each PDU as soon as its status is known (a PDU left unanswered gets ESME_RX_T_APPN).
+BatchConsumer = Callable[[Sequence[P.Pdu], "SmppBind", Callable[[int, int], None]], Awaitable[None]]
 
 # Bind rejections that mean "your credentials are wrong": retrying fast cannot help
 # (SMPP 3.4 §5.1.3), so these wait the slow end of the backoff.
@@ -126,10 +130,12 @@ class SmppBind:
         name: str | None = None,
         rng: random.Random | None = None,
         on_state: Callable[[SmppBind], None] | None = None,
+        batch_consumer: BatchConsumer | None = None,
     ) -> None:
         self.settings = settings
         self.name = name or settings.carrier
         self._consumer = consumer
+        self._batch_consumer = batch_consumer
         self._rng = rng or random.Random()
         self._on_state = on_state
         self.state = BindState.IDLE
@@ -264,6 +270,7 @@ class SmppBind:
             self,
             window=s.window,
             log_extra={"carrier": s.carrier, "bind": self.name},
+            on_requests=None if self._batch_consumer is None else self.on_requests,
         )
         self._runner = runner
         was_bound = False
@@ -339,6 +346,31 @@ class SmppBind:
         if self._consumer is None:
             return P.ESME_ROK, {}
         return await self._consumer(request, self), {}
+
+    async def on_requests(self, requests: Sequence[P.Pdu], respond: Respond) -> None:
+        """Answer what one read brought: the deliver_sm/data_sm go to the batch consumer
+        together (one group commit), anything else is refused as in :meth:`on_request`."""
+        wanted: list[int] = []
+        for index, request in enumerate(requests):
+            if request.command in ("deliver_sm", "data_sm"):
+                wanted.append(index)
+            else:
+                respond(index, P.ESME_RINVCMDID, {})
+        if not wanted:
+            return
+        consumer = self._batch_consumer
+        if consumer is None:
+            for index in wanted:
+                respond(index, *await self.on_request(requests[index]))
+            return
+        if len(wanted) == len(requests):
+            await consumer(requests, self, lambda i, status: respond(i, status, {}))
+        else:
+            await consumer(
+                [requests[i] for i in wanted],
+                self,
+                lambda i, status: respond(wanted[i], status, {}),
+            )
 
     def on_event(self, event: S.Event) -> None:
         extra = {"carrier": self.settings.carrier, "bind": self.name}

@@ -9,7 +9,10 @@ Layouts come from smpplib's declarative tables (``command.<Class>.params`` /
 ``params_order`` and ``consts.OPTIONAL_PARAMS``), compiled once at import, so smpplib
 stays the single source of truth for what each PDU holds. Decoding is our own
 validating walker over those layouts: smpplib's parser is ~4x slower and accepts
-truncated bodies, C-strings without NUL and ``sm_length`` past the end. Encoding of
+truncated bodies, C-strings without NUL and ``sm_length`` past the end. Each layout's
+walk is also compiled into one straight-line function (``_compile_fast``) that decodes
+well-formed bodies and hands anything irregular back to the walker, which then names the
+error. Encoding of
 mandatory parameters goes through smpplib's ``generate_params`` (header-only and
 message_id-only responses take a ``struct`` fast path); TLVs are always written by us,
 because smpplib drops empty values and UTF-8-encodes C-string TLVs while counting
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import struct
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import attrs
@@ -187,6 +190,7 @@ class _Layout:
     by_name: Mapping[str, _Param]
     defaults: Mapping[str, int | bytes]
     steps: tuple[tuple[Any, ...], ...]  # compiled decode program, see _compile
+    fast: _FastDecoder  # the same program as straight-line code, see _compile_fast
     sl_class: Any  # smpplib class encoding the mandatory part, None if it has none
     sl_tlvs: frozenset[str]  # TLV names smpplib's class lists (informational, tests)
     length_of: Mapping[str, str]  # len_field -> the octet string it measures
@@ -338,6 +342,46 @@ def _compile(params: tuple[_Param, ...]) -> tuple[tuple[Any, ...], ...]:
     return tuple(steps)
 
 
+# fast(frame, n, fields) -> the position after the mandatory part, or -1
+_FastDecoder = Callable[[bytes, int, dict[str, int | bytes]], int]
+
+
+def _compile_fast(steps: tuple[tuple[Any, ...], ...]) -> _FastDecoder:
+    """The decode program as one straight-line function, for well-formed bodies.
+
+    It fills ``fields`` exactly as the walker in :func:`decode` does and returns where the
+    mandatory part ends, or -1 at the first irregularity, where the walker takes over to
+    say what is wrong (same checks, in the same order: see tests/smpp/test_fast_paths.py).
+    """
+    env: dict[str, Any] = {}
+    lines = ["def fast(frame, n, fields):", f"    pos = {HEADER_LENGTH}"]
+    for i, step in enumerate(steps):
+        if step[0] == _STEP_INTS:
+            st, names = step[1], step[2]
+            env[f"s{i}"] = st
+            values = [f"v{i}_{j}" for j in range(len(names))]
+            lines.append(f"    if pos + {st.size} > n: return -1")
+            lines.append(f"    ({', '.join(values)},) = s{i}.unpack_from(frame, pos)")
+            lines += [f"    fields[{name!r}] = {v}" for name, v in zip(names, values, strict=True)]
+            lines.append(f"    pos += {st.size}")
+        elif step[0] == _STEP_CSTR:
+            name, maxlen = step[1], step[2]
+            lines.append(f"    nul = frame.find(b'\\x00', pos, pos + {maxlen})")
+            lines.append("    if nul < 0: return -1")
+            lines.append(f"    fields[{name!r}] = frame[pos:nul]")
+            lines.append("    pos = nul + 1")
+        else:
+            name, len_field, maxlen = step[1], step[2], step[3]
+            lines.append(f"    size = fields[{len_field!r}]")
+            lines.append(f"    if size > {maxlen} or pos + size > n: return -1")
+            lines.append(f"    fields[{name!r}] = frame[pos : pos + size]")
+            lines.append("    pos += size")
+    lines.append("    return pos")
+    exec("\n".join(lines), env)  # the source is built above from smpplib's tables
+    fast: _FastDecoder = env["fast"]
+    return fast
+
+
 def _default(p: _Param) -> int | bytes:
     return 0 if p.kind == _INT else b""
 
@@ -355,6 +399,7 @@ def _build_layout(command: str, params: tuple[_Param, ...], sl_class: Any) -> _L
         by_name={p.name: p for p in params},
         defaults=defaults,
         steps=_compile(params),
+        fast=_compile_fast(_compile(params)),
         sl_class=sl_class if params else None,
         sl_tlvs=sl_tlvs,
         length_of={p.len_field: p.name for p in params if p.len_field},
@@ -502,37 +547,12 @@ def _tlv_field(spec: _TlvSpec, value: bytes) -> int | bytes | None:
     return value
 
 
-def decode(frame: bytes) -> Pdu:
-    """Decode and validate exactly one PDU (as returned by ``Framer.next_frame``)."""
-    if type(frame) is not bytes:
-        frame = bytes(frame)
-    n = len(frame)
-    if n < HEADER_LENGTH:
-        raise PduError(f"{n} bytes is shorter than a header", status=ESME_RINVCMDLEN)
-    length, command_id, status, sequence = _HEADER.unpack_from(frame)
-    if length != n:
-        raise PduError(
-            f"command_length {length} but frame has {n} bytes",
-            status=ESME_RINVCMDLEN,
-            command_id=command_id,
-            sequence=sequence,
-        )
-    layout = _LAYOUTS_BY_ID.get(command_id)
-    if layout is None:
-        raise PduError(
-            f"unsupported command_id 0x{command_id:08x}",
-            status=ESME_RINVCMDID,
-            command_id=command_id,
-            sequence=sequence,
-        )
-    fields: dict[str, int | bytes]
-    if n == HEADER_LENGTH and status and command_id & RESPONSE_BIT:
-        # A response with a non-zero status may omit its body (e.g. §4.1.2, §4.4.2).
-        fields = dict(layout.defaults)
-        return Pdu(command=layout.command, command_id=command_id, status=status,
-                   sequence=sequence, fields=fields)  # fmt: skip
-
-    fields = {}
+def _walk(
+    layout: _Layout, frame: bytes, n: int, command_id: int, sequence: int
+) -> tuple[dict[str, int | bytes], int]:
+    """The mandatory part by the decode program, step by step, naming what is wrong (the
+    table in the module docstring). Returns the fields and where the TLVs start."""
+    fields: dict[str, int | bytes] = {}
     pos = HEADER_LENGTH
     reason = ""
     err = ESME_RINVCMDLEN
@@ -573,12 +593,54 @@ def decode(frame: bytes) -> Pdu:
         raise PduError(
             f"{layout.command}: {reason}", status=err, command_id=command_id, sequence=sequence
         )
+    return fields, pos
+
+
+def decode(frame: bytes) -> Pdu:
+    """Decode and validate exactly one PDU (as returned by ``Framer.next_frame``)."""
+    if type(frame) is not bytes:
+        frame = bytes(frame)
+    n = len(frame)
+    if n < HEADER_LENGTH:
+        raise PduError(f"{n} bytes is shorter than a header", status=ESME_RINVCMDLEN)
+    length, command_id, status, sequence = _HEADER.unpack_from(frame)
+    if length != n:
+        raise PduError(
+            f"command_length {length} but frame has {n} bytes",
+            status=ESME_RINVCMDLEN,
+            command_id=command_id,
+            sequence=sequence,
+        )
+    layout = _LAYOUTS_BY_ID.get(command_id)
+    if layout is None:
+        raise PduError(
+            f"unsupported command_id 0x{command_id:08x}",
+            status=ESME_RINVCMDID,
+            command_id=command_id,
+            sequence=sequence,
+        )
+    fields: dict[str, int | bytes]
+    if n == HEADER_LENGTH and status and command_id & RESPONSE_BIT:
+        # A response with a non-zero status may omit its body (e.g. §4.1.2, §4.4.2).
+        fields = dict(layout.defaults)
+        return Pdu(command=layout.command, command_id=command_id, status=status,
+                   sequence=sequence, fields=fields)  # fmt: skip
+
+    fields = {}
+    pos = layout.fast(frame, n, fields)
+    if pos < 0:  # malformed: the walker finds out what exactly
+        fields, pos = _walk(layout, frame, n, command_id, sequence)
 
     # Optional parameters (§3.2.4, §5.3): whatever follows the mandatory part must be a
     # well-formed TLV stream. Unknown tags, and known tags smpplib does not list for this
     # command, are kept: §3.2.4 says unknown optional parameters are to be ignored.
+    if pos == n:  # no TLVs: the usual deliver_sm
+        return Pdu(command=layout.command, command_id=command_id, status=status,
+                   sequence=sequence, fields=fields)  # fmt: skip
     tlvs: list[Tlv] = []
     by_tag = _TLV_BY_TAG
+    reason = ""
+    err = ESME_RINVOPTPARSTREAM
     while pos < n:
         if pos + 4 > n:
             reason, err = f"{n - pos} trailing bytes are not a TLV header", ESME_RINVOPTPARSTREAM
@@ -738,6 +800,26 @@ def response_for(
     if request.is_response or name not in _COMMAND_IDS:
         name = "generic_nack"
     return make(name, sequence=request.sequence, status=status, tlvs=tlvs, **fields)
+
+
+# Requests whose _resp holds only message_id (§4.4.2, §4.6.2, §4.7.2): with no fields, it
+# is a header and an empty C-string, or the header alone when the status is an error.
+_BARE_RESPONSES: Final[dict[int, int]] = {
+    DELIVER_SM: DELIVER_SM_RESP,
+    DATA_SM: DATA_SM_RESP,
+    SUBMIT_SM: SUBMIT_SM_RESP,
+}
+
+
+def encode_bare_response(request: Pdu, status: int) -> bytes | None:
+    """``encode(response_for(request, status))`` for a deliver_sm, data_sm or submit_sm
+    answered with no fields; None for anything else (use ``response_for``)."""
+    command_id = _BARE_RESPONSES.get(request.command_id)
+    if command_id is None or not 0 <= status <= 0xFFFFFFFF:
+        return None
+    if status:
+        return _HEADER.pack(HEADER_LENGTH, command_id, status, request.sequence)
+    return _HEADER.pack(HEADER_LENGTH + 1, command_id, 0, request.sequence) + b"\x00"
 
 
 def _check_tlv(tlv: Tlv) -> None:

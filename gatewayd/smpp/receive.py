@@ -23,13 +23,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import re
-from collections.abc import Iterable
+import struct
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import attrs
 
-from gatewayd import charsets, events
+from gatewayd import charsets
 from gatewayd.events import Address, DeliveryReceipt, MessageClass, MoMessage, ReceiptStatus
 from gatewayd.smpp.pdu import Pdu
 
@@ -129,7 +131,9 @@ def _tlv_bytes(pdu: Pdu, tag: int, name: str) -> bytes | None:
 
 def _cstr(value: bytes) -> str:
     """A C-Octet String as text. Latin-1 never fails and keeps every byte distinguishable."""
-    return value.split(b"\x00", 1)[0].decode("latin-1")
+    if b"\x00" in value:
+        value = value.split(b"\x00", 1)[0]
+    return value.decode("latin-1")
 
 
 def user_data(pdu: Pdu) -> bytes:
@@ -142,15 +146,16 @@ def user_data(pdu: Pdu) -> bytes:
 
 
 def _addresses(pdu: Pdu) -> tuple[Address, Address]:
+    fields = pdu.fields
     source = Address(
         addr=_cstr(pdu.get_bytes("source_addr")),
-        ton=pdu.get_int("source_addr_ton"),
-        npi=pdu.get_int("source_addr_npi"),
+        ton=_int(fields, "source_addr_ton"),
+        npi=_int(fields, "source_addr_npi"),
     )
     destination = Address(
         addr=_cstr(pdu.get_bytes("destination_addr")),
-        ton=pdu.get_int("dest_addr_ton"),
-        npi=pdu.get_int("dest_addr_npi"),
+        ton=_int(fields, "dest_addr_ton"),
+        npi=_int(fields, "dest_addr_npi"),
     )
     return source, destination
 
@@ -161,6 +166,9 @@ def smsc_timestamp(pdu: Pdu) -> str:
     Usually empty in deliver_sm; when a carrier fills them they tell a retransmission of the
     same message from a new one with the same text, so duplicate detection uses them.
     """
+    fields = pdu.fields
+    if not fields.get("schedule_delivery_time") and not fields.get("validity_period"):
+        return ""  # the usual deliver_sm: both empty (SMPP 3.4 §4.6.1)
     out = []
     for name, key in (("schedule_delivery_time", "sched"), ("validity_period", "valid")):
         value = _cstr(pdu.get_bytes(name))
@@ -379,7 +387,7 @@ def _decode_receipt(
 
     source, destination = _addresses(pdu)
     return DeliveryReceipt(
-        id=events.new_event_id(_ms(received_at)),
+        id=_event_id(_ms(received_at)),
         carrier=carrier,
         message_id=message_id,
         normalized_message_id=normalize_message_id(message_id, id_format=options.message_id_format),
@@ -399,6 +407,19 @@ def _decode_receipt(
 
 def _ms(when: dt.datetime) -> int:
     return int(when.timestamp() * 1000)
+
+
+def _event_id(now_ms: int) -> str:
+    """:func:`gatewayd.events.new_event_id` (the same UUIDv7 bits from the same randomness),
+    formatted directly instead of through a ``uuid.UUID``: the ingest path makes one per MO."""
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (now_ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76  # version 7
+    value |= ((rand >> 68) & 0xFFF) << 64  # rand_a (12 bits)
+    value |= 0b10 << 62  # variant
+    value |= rand & ((1 << 62) - 1)  # rand_b (62 bits)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 # --- UDH and concatenation ------------------------------------------------------------------
@@ -596,7 +617,7 @@ def _make_mo(
 ) -> MoMessage:
     decoded = charsets.decode_text(raw, data_coding, gsm_as=gsm_as)
     return MoMessage(
-        id=events.new_event_id(_ms(created_at)),
+        id=_event_id(_ms(created_at)),
         carrier=carrier,
         source=source,
         destination=destination,
@@ -629,8 +650,9 @@ def decode_deliver(
     Never raises on any field values: what cannot be read is kept raw (see module doc).
     A :class:`Part` must go to a :class:`Reassembler` (after the store has persisted it).
     """
-    opts = options or ReceiveOptions()
-    esm = pdu.get_int("esm_class")
+    opts = options or _DEFAULT_OPTIONS
+    fields = pdu.fields
+    esm = _int(fields, "esm_class")
     body = user_data(pdu)
     if is_receipt(esm):
         return _decode_receipt(pdu, body, carrier=carrier, received_at=received_at, options=opts)
@@ -642,24 +664,13 @@ def decode_deliver(
         elements, data = parse_udh(body)
         if elements is not None:
             concat = concat_from_udh(elements)
-    if concat is None:
+    if concat is None and (pdu.tlvs or "sar_msg_ref_num" in fields):
         # The UDH travels inside the message itself, so it wins over SAR TLVs a carrier
-        # may add as well.
+        # may add as well. (Without TLVs there is no SAR reference: nothing to look at.)
         concat = concat_from_sar(pdu)
 
-    data_coding = pdu.get_int("data_coding")
-    common: dict[str, Any] = {
-        "carrier": carrier,
-        "source": source,
-        "destination": destination,
-        "data_coding": data_coding,
-        "esm_class": esm,
-        "protocol_id": pdu.get_int("protocol_id"),
-        "priority": pdu.get_int("priority_flag"),
-        "message_class": classify(destination.addr, opts.a2p_max_digits),
-        "received_at": received_at,
-        "smsc_timestamp": smsc_timestamp(pdu),
-    }
+    data_coding = _int(fields, "data_coding")
+    message_class = classify(destination.addr, opts.a2p_max_digits)
     if concat is not None and concat.total > 1:
         return Part(
             reference=concat.reference,
@@ -668,9 +679,41 @@ def decode_deliver(
             scheme=concat.scheme,
             data=data,
             gsm_as=opts.gsm_as,
-            **common,
+            carrier=carrier,
+            source=source,
+            destination=destination,
+            data_coding=data_coding,
+            esm_class=esm,
+            protocol_id=_int(fields, "protocol_id"),
+            priority=_int(fields, "priority_flag"),
+            message_class=message_class,
+            received_at=received_at,
+            smsc_timestamp=smsc_timestamp(pdu),
         )
-    return _make_mo(raw=data, gsm_as=opts.gsm_as, created_at=received_at, **common)
+    return _make_mo(
+        raw=data,
+        gsm_as=opts.gsm_as,
+        created_at=received_at,
+        carrier=carrier,
+        source=source,
+        destination=destination,
+        data_coding=data_coding,
+        esm_class=esm,
+        protocol_id=_int(fields, "protocol_id"),
+        priority=_int(fields, "priority_flag"),
+        message_class=message_class,
+        received_at=received_at,
+        smsc_timestamp=smsc_timestamp(pdu),
+    )
+
+
+_DEFAULT_OPTIONS = ReceiveOptions()
+
+
+def _int(fields: Mapping[str, int | bytes], name: str) -> int:
+    """``Pdu.get_int`` on the fields mapping (0 when absent or not an int)."""
+    value = fields.get(name, 0)
+    return value if isinstance(value, int) else 0
 
 
 def dedup_key(pdu: Pdu, carrier: str) -> str:
@@ -682,38 +725,66 @@ def dedup_key(pdu: Pdu, carrier: str) -> str:
     messages with the same text and no timestamps hash alike, so the store should compare
     keys only within a short window.
     """
-    items: list[bytes] = [carrier.encode("utf-8"), pdu.command.encode("latin-1")]
-    for name in (
-        "source_addr_ton",
-        "source_addr_npi",
-        "dest_addr_ton",
-        "dest_addr_npi",
-        "esm_class",
-        "data_coding",
-        "protocol_id",
-    ):
-        items.append(str(pdu.get_int(name)).encode())
-    for name in ("source_addr", "destination_addr", "schedule_delivery_time", "validity_period"):
-        items.append(pdu.get_bytes(name))
-    items.append(user_data(pdu))
-    for tag, field in (
-        (TAG_SAR_MSG_REF_NUM, "sar_msg_ref_num"),
-        (TAG_SAR_TOTAL_SEGMENTS, "sar_total_segments"),
-        (TAG_SAR_SEGMENT_SEQNUM, "sar_segment_seqnum"),
-        (TAG_MESSAGE_STATE, "message_state"),
-    ):
-        items.append(str(_tlv_int(pdu, tag, field)).encode())
-    for tag, field in (
-        (TAG_RECEIPTED_MESSAGE_ID, "receipted_message_id"),
-        (TAG_NETWORK_ERROR_CODE, "network_error_code"),
-    ):
-        items.append(_tlv_bytes(pdu, tag, field) or b"")
-    digest = hashlib.sha256()
-    for item in items:
-        # Length-prefixed, so no two different field lists hash the same bytes.
-        digest.update(len(item).to_bytes(4, "big"))
-        digest.update(item)
-    return digest.hexdigest()
+    fields = pdu.fields
+    u32 = _U32
+    buf = bytearray()
+    for item in (carrier.encode("utf-8"), pdu.command.encode("latin-1")):
+        buf += u32(len(item))
+        buf += item
+    for name in _DEDUP_INTS:
+        number = _int(fields, name)
+        # str(n), length-prefixed; these are one-octet fields, so nearly always cached.
+        buf += _INT_ITEMS[number] if 0 <= number < 256 else _int_item(number)
+    for name in _DEDUP_BYTES:
+        value = fields.get(name, b"")
+        item = value if isinstance(value, bytes) else b""
+        buf += u32(len(item))
+        buf += item
+    item = user_data(pdu)
+    buf += u32(len(item))
+    buf += item
+    tlvs = pdu.tlvs
+    for tag, field in _DEDUP_TLV_INTS:
+        if not tlvs and field not in fields:
+            buf += _NONE_ITEM  # str(None): the TLV is absent
+        else:
+            buf += _int_item(_tlv_int(pdu, tag, field))
+    for tag, field in _DEDUP_TLV_BYTES:
+        item = _tlv_bytes(pdu, tag, field) or b""
+        buf += u32(len(item))
+        buf += item
+    # Each item length-prefixed, so no two different field lists hash the same bytes.
+    return hashlib.sha256(buf).hexdigest()
+
+
+def _int_item(value: int | None) -> bytes:
+    text = str(value).encode()
+    return _U32(len(text)) + text
+
+
+_U32 = struct.Struct(">I").pack
+_INT_ITEMS = tuple(_int_item(n) for n in range(256))
+_NONE_ITEM = _int_item(None)
+_DEDUP_INTS = (
+    "source_addr_ton",
+    "source_addr_npi",
+    "dest_addr_ton",
+    "dest_addr_npi",
+    "esm_class",
+    "data_coding",
+    "protocol_id",
+)
+_DEDUP_BYTES = ("source_addr", "destination_addr", "schedule_delivery_time", "validity_period")
+_DEDUP_TLV_INTS = (
+    (TAG_SAR_MSG_REF_NUM, "sar_msg_ref_num"),
+    (TAG_SAR_TOTAL_SEGMENTS, "sar_total_segments"),
+    (TAG_SAR_SEGMENT_SEQNUM, "sar_segment_seqnum"),
+    (TAG_MESSAGE_STATE, "message_state"),
+)
+_DEDUP_TLV_BYTES = (
+    (TAG_RECEIPTED_MESSAGE_ID, "receipted_message_id"),
+    (TAG_NETWORK_ERROR_CODE, "network_error_code"),
+)
 
 
 # --- reassembly -----------------------------------------------------------------------------

@@ -8,6 +8,13 @@ Incoming requests (deliver_sm, submit_sm, data_sm, binds on the SMSC side) go to
 handler's ``on_request``; the response is sent with the status it returns, only once it
 returns. While ``window`` of them are waiting, the socket is not read (back-pressure).
 
+Requests that arrive together (one read often carries several deliver_sm) are handed over
+as one batch: one task, and the handler's ``on_requests`` when the owner gives one (e.g. to
+make the whole batch durable in one group commit). Each response is queued the moment its
+status is known (one slow request does not hold up the others), and a writer task sends
+all the responses queued meanwhile with one ``send_all``. A response still goes out only
+after the handler gave its status (ack-after-persist stays the handler's to keep).
+
 Exceptions::
 
     BindError             base
@@ -20,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -63,6 +70,14 @@ class Handler(Protocol):
         ...
 
 
+Answer = tuple[int, Mapping[str, int | bytes | str]]
+# respond(index, status, fields): answer request ``index`` of a batch, as soon as it is known.
+Respond = Callable[[int, int, Mapping[str, int | bytes | str]], None]
+# Answers a batch of requests: calls ``respond`` once per request, in any order. A request
+# it returns without answering gets ESME_RX_T_APPN.
+BatchAnswerer = Callable[[Sequence[P.Pdu], Respond], Awaitable[None]]
+
+
 @attrs.define
 class _Waiter:
     done: trio.Event = attrs.field(factory=trio.Event)
@@ -81,18 +96,28 @@ class SessionRunner:
         *,
         window: int,
         log_extra: Mapping[str, Any] | None = None,
+        on_requests: BatchAnswerer | None = None,
     ) -> None:
         self.session = session
         self.stream = stream
         self._handler = handler
+        self._on_requests = on_requests
         self._window = window
         self._extra = dict(log_extra or {})
         self._send_lock = trio.Lock()
         self._waiters: dict[int, _Waiter] = {}
         self._changed = trio.Event()
+        # The timer's own wake-up: set only when a deadline may have moved earlier, so the
+        # answers of the hot path do not wake it (and make it tick and flush) every time.
+        self._timer_wake = trio.Event()
+        self._state = session.state  # the state the timer last saw
         self._nursery: trio.Nursery | None = None
         # One read can carry many PDUs: the handler still sees at most `window` at once.
-        self._handler_slots = trio.Semaphore(max(1, window))
+        self._handler_limit = max(1, window)
+        self._in_handler = 0
+        self._queued: list[P.Pdu] = []
+        # Set when responses were queued: the writer sends them all with one send_all.
+        self._dirty = trio.Event()
         self.closed = trio.Event()
         self.close_reason = ""
 
@@ -107,6 +132,7 @@ class SessionRunner:
                 self._nursery = nursery
                 nursery.start_soon(self._reader)
                 nursery.start_soon(self._timer)
+                nursery.start_soon(self._writer)
                 task_status.started()
         finally:
             self._nursery = None
@@ -118,6 +144,18 @@ class SessionRunner:
 
     def poke(self) -> None:
         """Wake the timer and anyone waiting for window room: state may have changed."""
+        self._state = self.session.state
+        self._timer_wake.set()
+        self._timer_wake = trio.Event()
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _wake_waiters(self) -> None:
+        """Wake the waiters for window room (reader, requests), and the timer only if the
+        session's state changed (a bind or unbind starts or stops its timers)."""
+        if self.session.state is not self._state:
+            self.poke()
+            return
         self._changed.set()
         self._changed = trio.Event()
 
@@ -131,6 +169,8 @@ class SessionRunner:
             self._nursery.cancel_scope.cancel()
 
     async def flush(self) -> None:
+        if not self.session.has_data_to_send:
+            return  # nothing to write, nothing to order: skip the lock
         async with self._send_lock:
             data = self.session.data_to_send()
             if data:
@@ -191,24 +231,30 @@ class SessionRunner:
                 data = b""
             self.session.receive_data(data, trio.current_time())
             await self._pump()
+            if self.session.state is S.State.CLOSED:
+                # Nothing more will be read (hang_up has cancelled us): stop here, since a
+                # closed stream raises without a checkpoint and the loop would spin.
+                return
 
     async def _timer(self) -> None:
         while True:
             deadline = self.session.next_deadline()
-            changed = self._changed
+            wake = self._timer_wake
             with trio.move_on_at(deadline if deadline is not None else math.inf):
-                await changed.wait()
+                await wake.wait()
             self.session.tick(trio.current_time())
             await self._pump()
 
     async def _pump(self) -> None:
         """Handle every event the session has, then send what it wants sent."""
         closed = False
-        while (event := self.session.next_event()) is not None:
-            if isinstance(event, S.RequestReceived | S.BindRequested):
-                assert self._nursery is not None
-                self._nursery.start_soon(self._answer, event.pdu)
+        other = False  # an event besides incoming requests: wake the timer and waiters
+        session = self.session
+        while (event := session.next_event()) is not None:
+            if type(event) is S.RequestReceived or type(event) is S.BindRequested:
+                self._queued.append(event.pdu)
                 continue
+            other = True
             if isinstance(event, S.ResponseReceived):
                 self._resolve(event.request.sequence, response=event.response)
             elif isinstance(event, S.RequestTimedOut):
@@ -221,31 +267,96 @@ class SessionRunner:
                 if not self.close_reason:
                     self.close_reason = event.reason
             self._handler.on_event(event)
-        self.poke()
+        if self._queued:
+            self._dispatch()
+        if other or session.state is not self._state:
+            self.poke()
         try:
             await self.flush()
         except _STREAM_ERRORS as exc:
             self.close_reason = self.close_reason or f"write error: {exc.__class__.__name__}"
             closed = True
-        if closed or self.session.state is S.State.CLOSED:
+        if closed or session.state is S.State.CLOSED:
             self.hang_up()
 
-    async def _answer(self, request: P.Pdu) -> None:
+    def _dispatch(self) -> None:
+        """Hand queued requests to the handler in batches, at most `window` in it at once."""
+        queued = self._queued
+        while queued and self._in_handler < self._handler_limit:
+            n = min(self._handler_limit - self._in_handler, len(queued))
+            batch = queued[:n]
+            del queued[:n]
+            self._in_handler += n
+            assert self._nursery is not None
+            self._nursery.start_soon(self._answer, batch)
+
+    async def _answer(self, batch: list[P.Pdu]) -> None:
+        """Get the batch answered; each response is queued the moment its status is known
+        (so one slow request does not hold up the others) and written by :meth:`_writer`."""
+        answered = [False] * len(batch)
+
+        def respond(index: int, status: int, fields: Mapping[str, int | bytes | str]) -> None:
+            if answered[index]:
+                return
+            answered[index] = True
+            self._in_handler -= 1
+            self._respond(batch[index], status, fields)
+
         try:
-            async with self._handler_slots:
-                status, fields = await self._handler.on_request(request)
-        except Exception:
-            # A handler bug must not lose the message: a temporary error makes the peer
-            # resend it (SMPP 3.4 §5.1.3, ESME_RX_T_APPN).
-            log.exception("request handler failed; answering a temporary error", extra=self._extra)
-            status, fields = P.ESME_RX_T_APPN, {}
-        if self.session.state is S.State.CLOSED:
+            if self._on_requests is not None:
+                try:
+                    await self._on_requests(batch, respond)
+                except Exception:
+                    self._handler_failed()
+            elif len(batch) == 1:
+                respond(0, *await self._answer_one(batch[0]))
+            else:
+                # Each request on its own task: one slow answer does not hold up the others.
+                async def one(index: int, request: P.Pdu) -> None:
+                    respond(index, *await self._answer_one(request))
+
+                async with trio.open_nursery() as nursery:
+                    for index, request in enumerate(batch):
+                        nursery.start_soon(one, index, request)
+            for index in range(len(batch)):
+                respond(index, P.ESME_RX_T_APPN, {})  # only those left unanswered
+        finally:
+            unanswered = answered.count(False)  # cancelled: never acknowledged, resent
+            self._in_handler -= unanswered
+
+    def _respond(
+        self, request: P.Pdu, status: int, fields: Mapping[str, int | bytes | str]
+    ) -> None:
+        session = self.session
+        if session.state is S.State.CLOSED:
             return  # never acknowledged: the peer resends it
         try:
-            self.session.respond(request, status, **fields)
+            session.respond(request, status, **fields)
         except S.LocalProtocolError:
             return
-        await self._pump()
+        if self._queued:
+            self._dispatch()
+        self._dirty.set()
+
+    async def _writer(self) -> None:
+        """Send the responses queued since the last write, all at once."""
+        while True:
+            await self._dirty.wait()
+            self._dirty = trio.Event()
+            self._wake_waiters()  # the reader may wait for room in the window
+            await self._pump()
+
+    async def _answer_one(self, request: P.Pdu) -> Answer:
+        try:
+            return await self._handler.on_request(request)
+        except Exception:
+            self._handler_failed()
+            return P.ESME_RX_T_APPN, {}
+
+    def _handler_failed(self) -> None:
+        # A handler bug must not lose the message: a temporary error makes the peer
+        # resend it (SMPP 3.4 §5.1.3, ESME_RX_T_APPN).
+        log.exception("request handler failed; answering a temporary error", extra=self._extra)
 
     def _resolve(
         self, sequence: int, *, response: P.Pdu | None = None, error: BindError | None = None

@@ -313,6 +313,16 @@ class Session:
         """Our requests still waiting for a response (lost if the connection closes)."""
         return tuple(o.request for o in self._outstanding.values() if not o.internal)
 
+    @property
+    def has_data_to_send(self) -> bool:
+        """Whether :meth:`data_to_send` has anything to do (bytes, or a close to finish)."""
+        return bool(self._out) or self._close_after_send is not None
+
+    @property
+    def has_events(self) -> bool:
+        """Whether :meth:`next_event` would return an event now."""
+        return bool(self._events)
+
     # ---------------------------------------------------------------- h11-style I/O
 
     def receive_data(self, data: bytes | bytearray, now: float) -> None:
@@ -389,12 +399,18 @@ class Session:
         After the session is UNBOUND or CLOSED the answer is dropped silently: the peer has
         given up on it and will redeliver what it did not see acknowledged.
         """
-        if self._pending.get(request.sequence) != request:
+        pending = self._pending.get(request.sequence)
+        if pending is not request and pending != request:
             raise LocalProtocolError(
                 f"{request.command} seq={request.sequence} is not an unanswered request"
             )
         if self._state in (State.UNBOUND, State.CLOSED):
             del self._pending[request.sequence]
+            return
+        if not fields and (wire := pdu.encode_bare_response(request, status)) is not None:
+            # The hot path (deliver_sm_resp): the same bytes, without building a Pdu.
+            del self._pending[request.sequence]
+            self._out += wire
             return
         response = _build(pdu.response_for, request, status, **fields)
         del self._pending[request.sequence]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import struct
 import tracemalloc
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -294,3 +295,136 @@ async def test_tls_bind_verifies_the_smsc_certificate(tmp_path: Path) -> None:
         assert "certificate" in untrusted.last_error.lower()
         assert len(sim.binds) == 1  # the unverified connection never got to bind
         nursery.cancel_scope.cancel()
+
+
+async def test_batch_consumer_gets_reads_together_and_window_holds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    sim = Simulator(SimulatorSettings(port=0, mo=60, window=8))
+    batches: list[int] = []
+    seen: list[bytes] = []
+    in_consumer = 0
+    peak = 0
+
+    async def consume_batch(
+        pdus: Sequence[P.Pdu], bind: SmppBind, answer: Callable[[int, int], None]
+    ) -> None:
+        nonlocal in_consumer, peak
+        in_consumer += len(pdus)
+        peak = max(peak, in_consumer)
+        batches.append(len(pdus))
+        await trio.sleep(0.5)  # a slow commit: what arrives meanwhile forms the next batch
+        for index, p in enumerate(pdus):
+            in_consumer -= 1
+            seen.append(p.get_bytes("short_message"))
+            answer(index, P.ESME_ROK)
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(sim.serve)
+        bind = SmppBind(settings(port, window=5), batch_consumer=consume_batch)
+        nursery.start_soon(bind.run)
+        await sim.mo_done.wait()
+        nursery.cancel_scope.cancel()
+    assert sorted(seen) == sorted(f"TEXT {i}".encode() for i in range(1, 61))
+    assert len(sim.acked) == 60
+    assert peak <= 5  # never more deliver_sm in the consumer than our window
+    assert max(batches) > 1  # reads that carried several deliver_sm were answered together
+
+
+async def test_batch_consumer_statuses_go_to_their_own_pdus(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    sim = Simulator(SimulatorSettings(port=0, mo=12, window=6, resend_delay=2.0))
+    calls: dict[bytes, int] = {}
+
+    async def consume_batch(
+        pdus: Sequence[P.Pdu], bind: SmppBind, answer: Callable[[int, int], None]
+    ) -> None:
+        # answered in reverse order, with a pause between: each status goes to its own PDU
+        for index in reversed(range(len(pdus))):
+            await trio.sleep(0.1)
+            text = pdus[index].get_bytes("short_message")
+            calls[text] = calls.get(text, 0) + 1
+            # odd-numbered MOs fail their first time only: the SMSC must resend just those
+            odd = int(text.split()[1]) % 2 == 1
+            answer(index, P.ESME_RX_T_APPN if odd and calls[text] == 1 else P.ESME_ROK)
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(sim.serve)
+        nursery.start_soon(SmppBind(settings(port), batch_consumer=consume_batch).run)
+        await sim.mo_done.wait()
+        nursery.cancel_scope.cancel()
+    assert calls == {f"TEXT {i}".encode(): 2 if i % 2 else 1 for i in range(1, 13)}
+    assert sim.acked == {f"TEXT {i}": 2 if i % 2 else 1 for i in range(1, 13)}
+
+
+async def test_failing_batch_consumer_answers_a_temporary_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    sim = Simulator(SimulatorSettings(port=0, mo=4, window=4, resend_delay=2.0))
+    failed = False
+
+    async def consume_batch(
+        pdus: Sequence[P.Pdu], bind: SmppBind, answer: Callable[[int, int], None]
+    ) -> None:
+        nonlocal failed
+        for index, p in enumerate(pdus):
+            if p.get_bytes("short_message") == b"TEXT 2" and not failed:
+                failed = True
+                raise RuntimeError("a bug in the consumer")  # the rest stay unanswered
+            answer(index, P.ESME_ROK)
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(sim.serve)
+        nursery.start_soon(SmppBind(settings(port), batch_consumer=consume_batch).run)
+        await sim.mo_done.wait()
+        nursery.cancel_scope.cancel()
+    # TEXT 2 and whatever followed it in its batch got ESME_RX_T_APPN and came again
+    assert sorted(sim.acked) == [f"TEXT {i}" for i in range(1, 5)]
+    assert sim.acked["TEXT 1"] == 1
+    assert sim.acked["TEXT 2"] == 2
+
+
+async def test_batch_answer_is_sent_before_a_slower_one_of_the_same_read(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    first_acked = trio.Event()
+    batches: list[list[int]] = []
+    resps: list[tuple[int, int]] = []
+
+    def deliver(seq: int) -> bytes:
+        return P.encode(P.make("deliver_sm", sequence=seq, short_message=f"M{seq}".encode()))
+
+    async def script(stream: trio.SocketStream, peer: RawPeer) -> None:
+        framer = P.Framer()
+        await accept_bind(stream, peer, framer)
+        await stream.send_all(deliver(2) + deliver(3))  # one write: one read, one batch
+        while len(resps) < 2 and (resp := await peer.read_pdu(stream, framer)) is not None:
+            if resp.command == "deliver_sm_resp":
+                resps.append((resp.sequence, resp.status))
+                first_acked.set()
+        await trio.sleep_forever()
+
+    async def consume_batch(
+        pdus: Sequence[P.Pdu], bind: SmppBind, answer: Callable[[int, int], None]
+    ) -> None:
+        batches.append([p.sequence for p in pdus])
+        for index, p in enumerate(pdus):
+            if p.sequence == 2:
+                answer(index, P.ESME_ROK)
+        # the slow one is answered only once the peer has the other's resp
+        await first_acked.wait()
+        for index, p in enumerate(pdus):
+            if p.sequence == 3:
+                answer(index, P.ESME_RX_T_APPN)
+
+    peer = RawPeer(script)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(peer.serve)
+        nursery.start_soon(SmppBind(settings(port), batch_consumer=consume_batch).run)
+        with trio.fail_after(30):
+            while len(resps) < 2:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert batches == [[2, 3]]
+    assert resps == [(2, P.ESME_ROK), (3, P.ESME_RX_T_APPN)]
