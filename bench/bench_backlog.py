@@ -45,44 +45,24 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_kannel import free_port
-from bench.bench_pipeline import (
+from bench.harness import (
     PYTHON,
     ROOT,
     Proc,
     cpu_seconds,
+    free_port,
+    gatewayd_config,
     machine,
     port_of,
-    write_results,
+    receiver_destination,
+    routes_to,
+    save_results,
+    start_gatewayd,
+    start_receiver,
+    start_smsc,
 )
 
 DESTINATION = "receiver"
-
-CONFIG = """\
-# written by bench/bench_backlog.py
-store: {store}
-synchronous: FULL
-carriers:
-  sim:
-    host: 127.0.0.1
-    port: {sim_port}
-    system_id: bench
-    password: bench
-    bind: transceiver
-    window: 10
-    enquire_link: 30s
-destinations:
-  receiver:
-    type: url
-    url: http://127.0.0.1:{rx_port}/sms/in
-    concurrency: {concurrency}
-    timeout: 10s
-    retry: {{attempts: 1000, interval: {retry_interval}s}}
-routes:
-  a2p: receiver
-  p2p: receiver
-"""
-
 
 # --- fill (a subprocess: `bench_backlog.py fill`) -----------------------------------------
 
@@ -274,25 +254,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"filled: {result['fill_seconds']} s, {result['store_mb']:.0f} MB", flush=True)
 
     rx_port = free_port()  # nothing listens there yet: connection refused
-    smsc = Proc([PYTHON, str(ROOT / "bench" / "smsc.py"), "--no-dlr"], stdin=True, cwd=ROOT)
+    smsc = start_smsc(["--no-dlr"])
     gw: Proc | None = None
     rx: Proc | None = None
     try:
         sim_port = port_of(smsc.expect("listening on", 10))
-        config = workdir / "gatewayd.yaml"
-        config.write_text(
-            CONFIG.format(
-                store=store,
-                sim_port=sim_port,
-                rx_port=rx_port,
+        config = gatewayd_config(
+            "bench/bench_backlog.py",
+            store=store,
+            sim_port=sim_port,
+            window=10,
+            destinations=receiver_destination(
+                rx_port,
                 concurrency=args.concurrency,
-                retry_interval=args.retry_interval,
-            )
+                timeout="10s",
+                retry=f"{{attempts: 1000, interval: {args.retry_interval}s}}",
+            ),
+            routes=routes_to(DESTINATION),
         )
-        argv2 = [PYTHON, "-m", "gatewayd", "run", "--config", str(config)]
-        argv2 += ["--log-format", "json", "--log-level", args.log_level]
         started = time.monotonic()
-        gw = Proc(argv2, stderr=workdir / "gatewayd.log", cwd=ROOT)
+        gw = start_gatewayd(config, workdir, args.log_level)
         smsc.expect("bound", 120)
         result["bound_after_s"] = time.monotonic() - started
         # --- down
@@ -314,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # --- drain
         cpu0 = cpu_seconds(gw.pid)
         rx_start = time.time()
-        rx = Proc([PYTHON, str(ROOT / "bench" / "receiver.py"), "--port", str(rx_port)], stdin=True)
+        rx = start_receiver("--port", str(rx_port))
         rx.expect("listening on", 10)
         samples = []
         last_count, last_change = -1, time.monotonic()
@@ -373,9 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"CPU {d['cpu_ms_per_job'] or 0:.3f} ms/job, delivered {d['delivered']} "
         f"dup {d['duplicated']} missing {d['missing']}"
     )
-    name = f"backlog-{args.tag}.json" if args.tag else "backlog.json"
-    path = write_results(name, result)
-    print(f"wrote {path.relative_to(ROOT)}")
+    save_results("backlog", args.tag, result)
     if args.keep:
         print(f"kept {workdir}")
     else:

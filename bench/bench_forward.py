@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import statistics
 import sys
@@ -39,41 +38,29 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_pipeline import (
-    PYTHON,
-    ROOT,
+from bench.harness import (
     Proc,
+    add_run_args,
     cpu_seconds,
-    machine,
+    gatewayd_config,
+    keep_or_remove,
+    latency_stats,
+    ms,
     peak_rss_mb,
-    percentile,
     port_of,
-    write_results,
+    rate_label,
+    routes_to,
+    run_and_save,
+    start_gatewayd,
+    start_smsc,
 )
 
-CONFIG = """\
-# written by bench/bench_forward.py
-store: {workdir}/gatewayd.db
-synchronous: FULL
-carriers:
-  sim:
-    host: 127.0.0.1
-    port: {sim_port}
-    system_id: bench
-    password: bench
-    bind: transceiver
-    sessions: {sessions}
-    window: {window}
-    enquire_link: 30s
-destinations:
-  fwd:
-    type: forward
-    to: "{{{{to}}}}"
-    carrier: sim
-    concurrency: {concurrency}
-routes:
-  a2p: fwd
-  p2p: fwd
+FORWARD = """\
+fwd:
+  type: forward
+  to: "{{{{to}}}}"
+  carrier: sim
+  concurrency: {concurrency}
 """
 
 
@@ -81,27 +68,24 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-forward-"))
     load = os.getloadavg()
     n = args.mo
-    smsc_argv = [PYTHON, str(ROOT / "bench" / "smsc.py"), "--mo", str(n)]
+    smsc_argv = ["--mo", str(n)]
     smsc_argv += ["--window", str(args.window), "--sessions", str(args.sessions)]
     smsc_argv += ["--rate", str(args.rate), "--ids", args.ids]
     smsc_argv += ["--dlr-delay", "0.1"] if args.dlr else ["--no-dlr"]
-    smsc = Proc(smsc_argv, stdin=True, stderr=workdir / "smsc.log", cwd=ROOT)
+    smsc = start_smsc(smsc_argv, stderr=workdir / "smsc.log")
     gw: Proc | None = None
     try:
         sim_port = port_of(smsc.expect("listening on", 10))
-        config = workdir / "gatewayd.yaml"
-        config.write_text(
-            CONFIG.format(
-                workdir=workdir,
-                sim_port=sim_port,
-                sessions=args.sessions,
-                window=args.window,
-                concurrency=args.concurrency,
-            )
+        config = gatewayd_config(
+            "bench/bench_forward.py",
+            store=workdir / "gatewayd.db",
+            sim_port=sim_port,
+            sessions=args.sessions,
+            window=args.window,
+            destinations=FORWARD.format(concurrency=args.concurrency),
+            routes=routes_to("fwd"),
         )
-        argv = [PYTHON, "-m", "gatewayd", "run", "--config", str(config)]
-        argv += ["--log-format", "json", "--log-level", args.log_level]
-        gw = Proc(argv, stderr=workdir / "gatewayd.log", cwd=ROOT)
+        gw = start_gatewayd(config, workdir, args.log_level)
         smsc.expect("bound", 60)
         time.sleep(0.5)
         cpu0 = cpu_seconds(gw.pid)
@@ -162,11 +146,7 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
         "dlr": args.dlr,
         "mo_per_s": forwarded / (t_last - t0) if t_last > t0 else 0.0,
         "resp_per_s": done["acked"] / (done["last_ack"] - t0) if done["last_ack"] > t0 else 0.0,
-        "latency_ms": {
-            "p50": percentile(latencies, 0.5),
-            "p99": percentile(latencies, 0.99),
-            "max": max(latencies, default=None),
-        },
+        "latency_ms": latency_stats(latencies),
         "cpu_ms_per_mo": cpu / forwarded * 1000.0 if forwarded else None,
         "cpu_s": cpu,
         "smsc_cpu_ms_per_mo": smsc_cpu / n * 1000.0,
@@ -177,18 +157,12 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
         "missing": n - forwarded,
         "loadavg_before": [round(x, 2) for x in load],
     }
-    if args.keep:
-        result["workdir"] = str(workdir)
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
+    keep_or_remove(result, workdir, args.keep)
     return result
 
 
 def fmt(r: dict[str, Any]) -> str:
-    def ms(v: float | None) -> str:
-        return "-" if v is None else f"{v:.1f}"
-
-    rate = "max" if not r["rate_offered"] else f"{r['rate_offered']:g}/s"
+    rate = rate_label(r["rate_offered"])
     lat = r["latency_ms"]
     cpu = "-" if r["cpu_ms_per_mo"] is None else f"{r['cpu_ms_per_mo']:.3f}"
     return (
@@ -223,25 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=0.0, help="MO/s offered; 0: max")
     parser.add_argument("--dlr", action="store_true", help="the SMSC sends receipts too")
     parser.add_argument("--ids", choices=["hex", "decimal"], default="hex")
-    parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--stall", type=float, default=20.0, help="give up after s idle")
-    parser.add_argument("--log-level", default="INFO", help="gatewayd's --log-level")
-    parser.add_argument("--tag", default="")
-    parser.add_argument("--keep", action="store_true", help="keep the work directories")
+    add_run_args(parser)
     args = parser.parse_args(argv)
-    rows = []
-    for run in range(args.runs):
-        r = run_once(args)
-        r["run"] = run + 1
-        print("  " + fmt(r), flush=True)
-        rows.append(r)
-    summary = median_row(rows)
-    print("summary (medians): " + fmt(summary))
-    name = f"forward-{args.tag}.json" if args.tag else "forward.json"
-    path = write_results(
-        name, {"args": vars(args), "machine": machine(), "summary": summary, "runs": rows}
-    )
-    print(f"wrote {path.relative_to(ROOT)}")
+    run_and_save("forward", args, run_once, fmt, median_row)
     return 0
 
 

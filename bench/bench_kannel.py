@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -28,36 +27,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_pipeline import (
-    ROOT,
-    Gatewayd,
-    Proc,
-    common_args,
-    fmt,
-    machine,
-    median_row,
-    run_matrix,
-    write_results,
-)
+from bench.bench_pipeline import Gatewayd, common_args, run_matrix, summarize
+from bench.harness import ROOT, Proc, free_port, machine, save_results, wait_port
 
 TEMPLATE = ROOT / "bench" / "kannel" / "kannel.conf"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
 
 
 class Kannel:
@@ -144,10 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only in ("both", "kannel"):
         systems.append(Kannel(Path(found).parent))
     rows = run_matrix(systems, args)
-    summary = {key: median_row(runs) for key, runs in rows.items()}
-    print("summary (medians):")
-    for row in summary.values():
-        print("  " + fmt(row))
+    summary = summarize(rows)
     compared: dict[str, dict[str, float | None]] = {}
     for rate in args.rates.split(","):
         gw, k = summary.get(f"gatewayd@{float(rate):g}"), summary.get(f"kannel@{float(rate):g}")
@@ -163,9 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"resp/s {x(r['resp_per_s'])}, CPU/MO {x(r['cpu_per_mo'])}, "
             f"p50 {x(r['p50'])}, p99 {x(r['p99'])}, RSS {x(r['rss'])}"
         )
-    name = f"kannel-{args.tag}.json" if args.tag else "kannel.json"
-    path = write_results(
-        name,
+    save_results(
+        "kannel",
+        args.tag,
         {
             "args": vars(args),
             "machine": machine(),
@@ -174,7 +144,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "runs": rows,
         },
     )
-    print(f"wrote {path.relative_to(ROOT)}")
     return 0
 
 

@@ -36,113 +36,40 @@ import contextlib
 import json
 import os
 import queue
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
-PYTHON = sys.executable
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-# --- processes ----------------------------------------------------------------------------
-
-
-class Proc:
-    """A child process whose stdout lines are read by a thread (``expect`` waits for one)."""
-
-    def __init__(
-        self, argv: Sequence[str], *, stdin: bool = False, stderr: Path | None = None, **kw: Any
-    ) -> None:
-        self.argv = list(argv)
-        self._err = open(stderr, "wb") if stderr else subprocess.DEVNULL  # noqa: SIM115
-        self.popen = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._err,
-            text=True,
-            bufsize=1,
-            **kw,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self.lines.put(line.rstrip("\n"))
-
-    def expect(self, prefix: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"{self.argv[:4]}: no line starting {prefix!r} in {timeout}s")
-            try:
-                line = self.lines.get(timeout=min(left, 0.5))
-            except queue.Empty:
-                if self.popen.poll() is not None:
-                    raise RuntimeError(
-                        f"{self.argv[:4]} exited ({self.popen.returncode}) waiting for {prefix!r}"
-                    ) from None
-                continue
-            if line.startswith(prefix):
-                return line
-
-    def send(self, line: str) -> None:
-        assert self.popen.stdin is not None
-        self.popen.stdin.write(line + "\n")
-        self.popen.stdin.flush()
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
-        if self.popen.poll() is None:
-            try:
-                self.popen.send_signal(sig)
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        if self.popen.stdin is not None:
-            with contextlib.suppress(BrokenPipeError, OSError):
-                self.popen.stdin.close()
-        if hasattr(self._err, "close"):
-            self._err.close()
-        return self.popen.returncode
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a live process (``/proc/PID/stat`` fields 14 and 15)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def peak_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
-
-
-def port_of(line: str) -> int:
-    """``listening on HOST:PORT`` -> PORT."""
-    return int(line.rsplit(":", 1)[1])
-
+from bench.harness import (
+    PYTHON,
+    ROOT,
+    Proc,
+    cpu_seconds,
+    first_arrivals,
+    gatewayd_config,
+    keep_or_remove,
+    latency_stats,
+    machine,
+    ms,
+    peak_rss_mb,
+    percentile,
+    port_of,
+    rate_label,
+    receiver_destination,
+    routes_to,
+    save_results,
+    serve_until_bound,
+    start_gatewayd,
+    start_receiver,
+)
 
 # --- the systems under test ---------------------------------------------------------------
 
@@ -158,33 +85,6 @@ class System(Protocol):
     def stop(self) -> None: ...
 
 
-GATEWAYD_CONFIG = """\
-# written by bench/bench_pipeline.py
-store: {workdir}/gatewayd.db
-synchronous: FULL
-carriers:
-  sim:
-    host: 127.0.0.1
-    port: {sim_port}
-    system_id: bench
-    password: bench
-    bind: transceiver
-    sessions: {sessions}
-    window: {window}
-    enquire_link: 30s
-destinations:
-  receiver:
-    type: url
-    url: http://127.0.0.1:{rx_port}/sms/in
-    concurrency: {concurrency}
-    timeout: 10s
-    retry: {{attempts: 3, interval: 5s}}
-routes:
-  a2p: receiver
-  p2p: receiver
-"""
-
-
 class Gatewayd:
     name = "gatewayd"
 
@@ -192,22 +92,23 @@ class Gatewayd:
         self.proc: Proc | None = None
 
     def start(self, sim_port: int, rx_port: int, workdir: Path, args: argparse.Namespace) -> None:
-        config = workdir / "gatewayd.yaml"
-        config.write_text(
-            GATEWAYD_CONFIG.format(
-                workdir=workdir,
-                sim_port=sim_port,
-                rx_port=rx_port,
-                sessions=args.sessions,
-                window=args.window,
+        config = gatewayd_config(
+            "bench/bench_pipeline.py",
+            store=workdir / "gatewayd.db",
+            sim_port=sim_port,
+            sessions=args.sessions,
+            window=args.window,
+            destinations=receiver_destination(
+                rx_port,
                 concurrency=args.concurrency,
-            )
+                timeout="10s",
+                retry="{attempts: 3, interval: 5s}",
+            ),
+            routes=routes_to("receiver"),
         )
-        argv = [PYTHON, "-m", "gatewayd", "run", "--config", str(config)]
-        argv += ["--log-format", "json", "--log-level", args.log_level]
-        root = Path(args.gatewayd_root).resolve() if args.gatewayd_root else ROOT
-        env = dict(os.environ, PYTHONPATH=str(root))
-        self.proc = Proc(argv, stderr=workdir / "gatewayd.log", cwd=root, env=env)
+        self.proc = start_gatewayd(
+            config, workdir, args.log_level, gatewayd_root=args.gatewayd_root or ROOT
+        )
 
     def pids(self) -> list[int]:
         assert self.proc is not None
@@ -221,13 +122,6 @@ class Gatewayd:
 # --- one run ------------------------------------------------------------------------------
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
 def run_once(
     system: System,
     args: argparse.Namespace,
@@ -238,7 +132,7 @@ def run_once(
     """One scenario run with fresh processes and a fresh store; returns the measurements."""
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{system.name}-"))
     load = os.getloadavg()
-    rx = Proc([PYTHON, str(ROOT / "bench" / "receiver.py")], stdin=True)
+    rx = start_receiver()
     sim: Proc | None = None
     spy: subprocess.Popen[bytes] | None = None
     try:
@@ -309,13 +203,7 @@ def run_once(
         if sim is not None:
             sim.stop(signal.SIGTERM)
         rx.stop(signal.SIGTERM)
-    first: dict[int, tuple[float, float]] = {}
-    total = 0
-    for i, sent, arrived in received["arrivals"]:
-        if 1 <= i <= args.mo:
-            total += 1
-            if i not in first or arrived < first[i][1]:
-                first[i] = (sent, arrived)
+    first, total = first_arrivals(received["arrivals"], args.mo)
     delivered = len(first)
     latencies = [(arrived - sent) * 1000.0 for sent, arrived in first.values()]
     t_first = done["first_sent"]
@@ -338,16 +226,8 @@ def run_once(
         "resp_per_s": done["acked"] / (done["last_ack"] - t_first)
         if done["last_ack"] > t_first
         else 0.0,
-        "latency_ms": {
-            "p50": percentile(latencies, 0.50),
-            "p99": percentile(latencies, 0.99),
-            "max": max(latencies, default=None),
-        },
-        "latency_from_schedule_ms": {
-            "p50": percentile(scheduled, 0.50),
-            "p99": percentile(scheduled, 0.99),
-            "max": max(scheduled, default=None),
-        },
+        "latency_ms": latency_stats(latencies),
+        "latency_from_schedule_ms": latency_stats(scheduled),
         "ack_latency_ms": done["ack_latency_ms"],
         "cpu_s_per_1000": cpu / delivered * 1000.0 if delivered else None,
         "cpu_s": cpu,
@@ -363,22 +243,15 @@ def run_once(
         "other_requests": received["other"],
         "loadavg_before": [round(x, 2) for x in load],
     }
-    if args.keep:
-        result["workdir"] = str(workdir)
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
+    keep_or_remove(result, workdir, args.keep)
     return result
 
 
 def fmt(r: dict[str, Any]) -> str:
     lat = r["latency_ms"]
     sched = r.get("latency_from_schedule_ms", lat)
-
-    def ms(v: float | None) -> str:
-        return "-" if v is None else f"{v:.1f}"
-
     rss = "+".join(f"{x:.0f}" for x in r["peak_rss_mb"])
-    rate = "max" if not r["rate_offered"] else f"{r['rate_offered']:g}/s"
+    rate = rate_label(r["rate_offered"])
     return (
         f"{r['system']:9s} rate={rate:7s} N={r['mo']} W={r['window']} S={r['sessions']}: "
         f"{r['mo_per_s']:7.0f} MO/s e2e, {r['resp_per_s']:7.0f} resp/s, "
@@ -434,17 +307,6 @@ def common_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def write_results(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / name
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    return path
-
-
-def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "python": sys.version.split()[0], "when": time.time()}
-
-
 # --- the simulator side (a subprocess: `bench_pipeline.py simulate`) ------------------------
 
 
@@ -459,61 +321,24 @@ def simulate_main(argv: Sequence[str]) -> int:
 
     import trio
 
-    sys.path.insert(0, str(ROOT))
-    from gatewayd.smpp.pdu import ESME_ROK
+    from bench.harness import send_mos
     from gatewayd.smpp.simulator import Simulator, SimulatorSettings
 
     async def main() -> None:
-        # mo=0: the simulator does not start on its own; the loop below sends instead, with
-        # the same pacing and windowing as Simulator._send_mos (W per bind).
+        # mo=0: the simulator does not start on its own; send_mos sends instead, with the
+        # same pacing and windowing as Simulator._send_mos (W per bind).
         sim = Simulator(
             SimulatorSettings(host="127.0.0.1", port=0, mo=0, window=args.window, dlr=False)
         )
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(sim.serve)
-            print(f"listening on 127.0.0.1:{port}", flush=True)
-            # Polling public state: the simulator's "connections changed" event is private.
-            while len(sim.receivers()) < args.sessions:  # noqa: ASYNC110
-                await trio.sleep(0.01)
-            print(f"bound {len(sim.receivers())}", flush=True)
+            await serve_until_bound(sim, nursery, args.sessions)
             await trio.to_thread.run_sync(sys.stdin.readline)
-            window = args.window * max(1, len(sim.receivers()))
-            limiter = trio.CapacityLimiter(window)
-            interval = 1.0 / args.rate if args.rate > 0 else 0.0
             acks: list[tuple[float, float]] = []
-            failed = 0
-
-            async def one(i: int) -> None:
-                nonlocal failed
-                try:
-                    sent = time.time()
-                    text = f"TEXT {i} {sent:.6f}"
-                    status = await sim.deliver(f"TEXT {i}", sim.mo_fields(text))
-                    if status == ESME_ROK:
-                        acks.append((sent, time.time()))
-                    else:
-                        failed += 1
-                finally:
-                    limiter.release_on_behalf_of(i)
-
-            first_sent = time.time()
-            start = trio.current_time()
-            async with trio.open_nursery() as senders:
-                for i in range(1, args.mo + 1):
-                    if interval:
-                        await trio.sleep_until(start + (i - 1) * interval)
-                    await limiter.acquire_on_behalf_of(i)
-                    senders.start_soon(one, i)
+            summary = await send_mos(sim, args.mo, window=args.window, rate=args.rate, acks=acks)
             ack_ms = [(a - s) * 1000.0 for s, a in acks]
-            summary = {
-                "first_sent": first_sent,
-                "last_ack": max((a for _, a in acks), default=first_sent),
-                "acked": len(acks),
-                "failed": failed,
-                "ack_latency_ms": {
-                    "p50": percentile(ack_ms, 0.5),
-                    "p99": percentile(ack_ms, 0.99),
-                },
+            summary["ack_latency_ms"] = {
+                "p50": percentile(ack_ms, 0.5),
+                "p99": percentile(ack_ms, 0.99),
             }
             print("done " + json.dumps(summary), flush=True)
             await trio.sleep_forever()
@@ -545,6 +370,15 @@ def run_matrix(
     return rows
 
 
+def summarize(rows: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Each scenario's medians (``median_row``), printed one line each."""
+    summary = {key: median_row(runs) for key, runs in rows.items()}
+    print("summary (medians):")
+    for row in summary.values():
+        print("  " + fmt(row))
+    return summary
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["simulate"]:
@@ -557,13 +391,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile-gil", action="store_true", help="py-spy: GIL holders only")
     args = parser.parse_args(argv)
     rows = run_matrix([Gatewayd()], args, args.profile)
-    summary = {key: median_row(runs) for key, runs in rows.items()}
-    print("summary (medians):")
-    for row in summary.values():
-        print("  " + fmt(row))
-    name = f"pipeline-{args.tag}.json" if args.tag else "pipeline.json"
-    path = write_results(
-        name,
+    summary = summarize(rows)
+    save_results(
+        "pipeline",
+        args.tag,
         {
             "args": vars(args) | {"profile": str(args.profile)},
             "machine": machine(),
@@ -571,7 +402,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "runs": rows,
         },
     )
-    print(f"wrote {path.relative_to(ROOT)}")
     return 0
 
 

@@ -34,7 +34,6 @@ import contextlib
 import json
 import os
 import queue
-import shutil
 import signal
 import statistics
 import sys
@@ -46,48 +45,38 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_kannel import free_port, wait_port
-from bench.bench_pipeline import (
+from bench.harness import (
     PYTHON,
     ROOT,
     Proc,
+    add_run_args,
     cpu_seconds,
-    machine,
+    first_arrivals,
+    free_port,
+    gatewayd_config,
+    keep_or_remove,
+    latency_stats,
+    ms,
     peak_rss_mb,
     percentile,
     port_of,
-    write_results,
+    rate_label,
+    receiver_destination,
+    routes_to,
+    run_and_save,
+    start_gatewayd,
+    start_receiver,
+    start_smsc,
+    wait_port,
 )
 
 TOKEN = "bench-send-token"
 
-CONFIG = """\
-# written by bench/bench_receipts.py
-store: {workdir}/gatewayd.db
-synchronous: FULL
-api:
-  listen: 127.0.0.1:{api_port}
-  tokens: [{token}]
-  status_url_allow: [127.0.0.0/8]
-carriers:
-  sim:
-    host: 127.0.0.1
-    port: {sim_port}
-    system_id: bench
-    password: bench
-    bind: transceiver
-    sessions: {sessions}
-    window: {window}
-    enquire_link: 30s
-destinations:
-  receiver:
-    type: url
-    url: http://127.0.0.1:{rx_port}/sms/in
-routes:
-  a2p: receiver
-  p2p: receiver
+API = """\
+listen: 127.0.0.1:{api_port}
+tokens: [{token}]
+status_url_allow: [127.0.0.0/8]
 """
-
 
 # --- the API client (a subprocess: `bench_receipts.py client`) ---------------------------
 
@@ -183,33 +172,29 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-receipts-"))
     load = os.getloadavg()
     n = args.messages
-    rx = Proc([PYTHON, str(ROOT / "bench" / "receiver.py")], stdin=True)
+    rx = start_receiver()
     smsc: Proc | None = None
     gw: Proc | None = None
     client: Proc | None = None
     try:
         rx_port = port_of(rx.expect("listening on", 10))
-        smsc_argv = [PYTHON, str(ROOT / "bench" / "smsc.py"), "--dlr-delay", str(args.dlr_delay)]
+        smsc_argv = ["--dlr-delay", str(args.dlr_delay)]
         smsc_argv += ["--window", str(args.window), "--sessions", str(args.sessions)]
         smsc_argv += ["--ids", args.ids]
-        smsc = Proc(smsc_argv, stdin=True, stderr=workdir / "smsc.log", cwd=ROOT)
+        smsc = start_smsc(smsc_argv, stderr=workdir / "smsc.log")
         sim_port = port_of(smsc.expect("listening on", 10))
         api_port = free_port()
-        config = workdir / "gatewayd.yaml"
-        config.write_text(
-            CONFIG.format(
-                workdir=workdir,
-                api_port=api_port,
-                token=TOKEN,
-                sim_port=sim_port,
-                sessions=args.sessions,
-                window=args.window,
-                rx_port=rx_port,
-            )
+        config = gatewayd_config(
+            "bench/bench_receipts.py",
+            store=workdir / "gatewayd.db",
+            api=API.format(api_port=api_port, token=TOKEN),
+            sim_port=sim_port,
+            sessions=args.sessions,
+            window=args.window,
+            destinations=receiver_destination(rx_port),
+            routes=routes_to("receiver"),
         )
-        argv = [PYTHON, "-m", "gatewayd", "run", "--config", str(config)]
-        argv += ["--log-format", "json", "--log-level", args.log_level]
-        gw = Proc(argv, stderr=workdir / "gatewayd.log", cwd=ROOT)
+        gw = start_gatewayd(config, workdir, args.log_level)
         smsc.expect("bound", 60)
         wait_port(api_port, 30)
         time.sleep(0.5)
@@ -260,13 +245,7 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
                 proc.stop(signal.SIGTERM)
         rx.stop(signal.SIGTERM)
 
-    first: dict[int, tuple[float, float]] = {}
-    total = 0
-    for i, sent, arrived in pushes["arrivals"]:
-        if 1 <= i <= n:
-            total += 1
-            if i not in first or arrived < first[i][1]:
-                first[i] = (sent, arrived)
+    first, total = first_arrivals(pushes["arrivals"], n)
     submitted: dict[int, float] = {}
     submit_total = 0
     for arrived, text in submits:
@@ -299,11 +278,7 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
         "submits_per_s": rate(len(submit_times), t0, submit_times[-1] if submit_times else t0),
         "pushes_per_s": rate(len(pushed) - 1, pushed[0], pushed[-1]) if pushed else 0.0,
         "pushes_per_s_e2e": rate(delivered, t0, pushed[-1] if pushed else t0),
-        "latency_ms": {
-            "p50": percentile(latencies, 0.5),
-            "p99": percentile(latencies, 0.99),
-            "max": max(latencies, default=None),
-        },
+        "latency_ms": latency_stats(latencies),
         "latency_minus_dlr_delay_ms": {
             "p50": None if not latencies else percentile(latencies, 0.5) - args.dlr_delay * 1e3,
             "p99": None if not latencies else percentile(latencies, 0.99) - args.dlr_delay * 1e3,
@@ -326,18 +301,12 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
         "other_requests": pushes["other"],
         "loadavg_before": [round(x, 2) for x in load],
     }
-    if args.keep:
-        result["workdir"] = str(workdir)
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
+    keep_or_remove(result, workdir, args.keep)
     return result
 
 
 def fmt(r: dict[str, Any]) -> str:
-    def ms(v: float | None) -> str:
-        return "-" if v is None else f"{v:.1f}"
-
-    rate = "max" if not r["rate_offered"] else f"{r['rate_offered']:g}/s"
+    rate = rate_label(r["rate_offered"])
     lat, own = r["latency_ms"], r["latency_minus_dlr_delay_ms"]
     return (
         f"receipts rate={rate} N={r['messages']} C={r['concurrency']} "
@@ -382,25 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--ids", choices=["hex", "decimal"], default="hex", help="the SMSC's message ids"
     )
-    parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--stall", type=float, default=20.0, help="give up after s idle")
-    parser.add_argument("--log-level", default="INFO", help="gatewayd's --log-level")
-    parser.add_argument("--tag", default="")
-    parser.add_argument("--keep", action="store_true", help="keep the work directories")
+    add_run_args(parser)
     args = parser.parse_args(argv)
-    rows = []
-    for run in range(args.runs):
-        r = run_once(args)
-        r["run"] = run + 1
-        print("  " + fmt(r), flush=True)
-        rows.append(r)
-    summary = median_row(rows)
-    print("summary (medians): " + fmt(summary))
-    name = f"receipts-{args.tag}.json" if args.tag else "receipts.json"
-    path = write_results(
-        name, {"args": vars(args), "machine": machine(), "summary": summary, "runs": rows}
-    )
-    print(f"wrote {path.relative_to(ROOT)}")
+    run_and_save("receipts", args, run_once, fmt, median_row)
     return 0
 
 

@@ -34,11 +34,11 @@ from pathlib import Path
 
 import trio
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gatewayd.smpp import pdu as P  # noqa: E402
-from gatewayd.smpp.simulator import Simulator, SimulatorSettings  # noqa: E402
+from bench.harness import send_mos, serve_until_bound
+from gatewayd.smpp import pdu as P
+from gatewayd.smpp.simulator import Simulator, SimulatorSettings
 
 
 class RecordingSimulator(Simulator):
@@ -98,47 +98,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         sim = RecordingSimulator(settings, decimal_ids=args.ids == "decimal")
         mos: list[tuple[float, float]] = []
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(sim.serve)
-            print(f"listening on 127.0.0.1:{port}", flush=True)
-            while len(sim.receivers()) < args.sessions:  # noqa: ASYNC110
-                await trio.sleep(0.01)
-            print(f"bound {len(sim.receivers())}", flush=True)
+            await serve_until_bound(sim, nursery, args.sessions)
 
-            async def send_mos() -> None:
-                window = args.window * max(1, len(sim.receivers()))
-                limiter = trio.CapacityLimiter(window)
-                interval = 1.0 / args.rate if args.rate > 0 else 0.0
-                failed = 0
-
-                async def one(i: int) -> None:
-                    nonlocal failed
-                    try:
-                        sent = time.time()
-                        fields = sim.mo_fields(
-                            f"TEXT {i} {sent:.6f}", source=args.from_, dest=args.to
-                        )
-                        status = await sim.deliver(f"TEXT {i}", fields)
-                        if status == P.ESME_ROK:
-                            mos.append((sent, time.time()))
-                        else:
-                            failed += 1
-                    finally:
-                        limiter.release_on_behalf_of(i)
-
-                first = time.time()
-                start = trio.current_time()
-                async with trio.open_nursery() as senders:
-                    for i in range(1, args.mo + 1):
-                        if interval:
-                            await trio.sleep_until(start + (i - 1) * interval)
-                        await limiter.acquire_on_behalf_of(i)
-                        senders.start_soon(one, i)
-                summary = {
-                    "first_sent": first,
-                    "last_ack": max((a for _, a in mos), default=first),
-                    "acked": len(mos),
-                    "failed": failed,
-                }
+            async def go() -> None:
+                summary = await send_mos(
+                    sim,
+                    args.mo,
+                    window=args.window,
+                    rate=args.rate,
+                    acks=mos,
+                    source=args.from_,
+                    dest=args.to,
+                )
                 print("done " + json.dumps(summary), flush=True)
 
             while True:
@@ -148,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     return
                 cmd, _, arg = line.partition(" ")
                 if cmd == "go":
-                    nursery.start_soon(send_mos)
+                    nursery.start_soon(go)
                 elif cmd == "count":
                     print(
                         f"ok count {len(sim.submitted)} {sim.receipts_acked} {len(mos)}",
