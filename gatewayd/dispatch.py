@@ -12,9 +12,15 @@ destination never delays another.
 
 The retry schedule lives in the store (``next_at``, wall-clock epoch seconds), not in
 memory, so jobs waiting for a retry survive restarts. :func:`next_attempt_at` is the
-pure schedule. A lane's claim loop wakes up when the store commits new jobs for it (the
-store's job listener, or :meth:`Dispatcher.notify`), when its earliest queued job falls
-due, when a slot frees up while it has something to claim, and at the latest every
+pure schedule, with one exception: a destination that was unreachable (attempts ended
+with no answer at all) and then takes a delivery has the retries of those unanswered
+attempts made due at once (:meth:`Store.pull_forward`), so its backlog drains when it
+comes back instead of at each job's backoff time; retries after an answer (a 5xx, a
+429 with Retry-After) keep their schedule.
+
+A lane's claim loop wakes up when the store commits new jobs for it (the store's job
+listener, or :meth:`Dispatcher.notify`), when its earliest queued job falls due, when a
+slot frees up while it has something to claim, and at the latest every
 ``poll_interval`` (jobs written by another process). A claim that empties the store of
 due jobs puts the lane back to taking new jobs in memory at once (``JobTaker.drained``),
 even while more jobs keep arriving.
@@ -57,6 +63,7 @@ MIN_RETRY_AFTER = 1.0  # seconds: a peer's Retry-After is never honoured below t
 MAX_RETRY_AFTER = 86400.0  # and never above this (nor above the policy's max)
 REMOVED_REASON = "destination removed from the configuration"
 PREFETCH = 3  # a lane claims up to this many times its concurrency ahead
+PULL_FORWARD_BATCH = 1000  # retries made due per store write when a destination is back
 
 
 def next_attempt_at(
@@ -163,6 +170,8 @@ class _Lane:
         self.stopping = False
         self.removed = False
         self.done = trio.Event()
+        # The last attempt that ended got no answer at all (see _reachability).
+        self.unreachable = False
 
     @property
     def capacity(self) -> int:
@@ -389,11 +398,53 @@ class _Lane:
                 batch, self.finished = self.finished, []
                 await self._record([entry for _, entry in batch])
                 self._retries_queued([e.next_at for _, e in batch if e.next_at is not None])
+                if self._reachability([entry.result for _, entry in batch]):
+                    await self._pull_forward()
                 if d.on_attempt is not None:
                     for item, entry in batch:
                         d.on_attempt(self.name, item, entry.result, entry.final_state)
             if self.closing:
                 return
+
+    def _reachability(self, results: list[AttemptResult]) -> bool:
+        """Follow whether the destination answers at all; True when it just came back.
+
+        An attempt that ends without a status code never reached the peer (refused,
+        reset, timed out): the destination is down. The first delivery after that means
+        it is back, and its retries are pulled forward (:meth:`_pull_forward`)."""
+        recovered = False
+        for result in results:
+            if result.outcome is Outcome.DELIVERED:
+                recovered = recovered or self.unreachable
+                self.unreachable = False
+            elif result.outcome is Outcome.RETRY and result.status_code is None:
+                self.unreachable = True
+        return recovered
+
+    async def _pull_forward(self) -> None:
+        """The destination is back: the retries of attempts that never reached it are
+        due now, not at their backoff time (a 30-minute outage would otherwise keep
+        delivering for another 30 minutes). Retries after an answer keep their schedule."""
+        moved = 0
+        while True:
+            try:
+                n = await self.d.store.pull_forward(self.name, PULL_FORWARD_BATCH)
+            except StoreError as exc:
+                log.warning(
+                    "pulling retries forward failed: %s", exc, extra={"destination": self.name}
+                )
+                self.unreachable = True  # try again at the next delivery
+                break
+            moved += n
+            if n < PULL_FORWARD_BATCH:
+                break
+        if moved:
+            log.info(
+                "destination reachable again: retries pulled forward",
+                extra={"destination": self.name, "jobs": moved},
+            )
+            self.due_at = trio.current_time()
+            self.notify()
 
     def _retries_queued(self, next_ats: list[float]) -> None:
         """Retries were queued in the store: the claim loop must look again when due."""

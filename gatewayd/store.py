@@ -393,6 +393,13 @@ class Store(abc.ABC):
         """Dead-letter the queued jobs of a destination that no longer exists."""
 
     @abc.abstractmethod
+    async def pull_forward(self, destination: str, limit: int) -> int:
+        """The destination is reachable again: make up to ``limit`` of its queued retries
+        whose last attempt never reached it (no status code: refused, reset, timed out)
+        due now. Retries after an answer (a 5xx, a 429) keep their schedule. Returns how
+        many were moved; call again while it returns ``limit``."""
+
+    @abc.abstractmethod
     async def get_event(self, event_id: str) -> EventRecord:
         """An event with its jobs and every attempt. Raises :class:`EventNotFound`."""
 
@@ -634,6 +641,20 @@ _STATUS_SQL: Final = (
     " ELSE 'delivered' END"
     " FROM jobs WHERE event_id = events.id AND replayed_by IS NULL"
 )
+# Queued retries of a destination whose last attempt got no answer (status_code NULL), the
+# earliest first; attempts_event narrows the subquery to the job's event.
+_PULL_FORWARD: Final = """
+UPDATE jobs SET next_at = ?, updated_at = ?
+WHERE id IN (
+    SELECT j.id FROM jobs j
+    WHERE j.destination = ? AND j.state = 'queued' AND j.next_at > ? AND j.attempts > 0
+      AND (SELECT a.status_code FROM attempts a
+           WHERE a.event_id = j.event_id AND a.job_id = j.id
+           ORDER BY a.attempt DESC LIMIT 1) IS NULL
+    ORDER BY j.next_at
+    LIMIT ?
+)
+"""
 _UPDATE_STATUS: Final = f"UPDATE events SET status = ({_STATUS_SQL}) WHERE id = ?"
 _UPDATE_STATUS_OF_JOB: Final = (
     f"UPDATE events SET status = ({_STATUS_SQL})"
@@ -1279,6 +1300,15 @@ class SqliteStore(Store):
             )
             for event_id in events:
                 self._update_status(conn, event_id)
+            return cur.rowcount
+
+        return await self._write(op)
+
+    async def pull_forward(self, destination: str, limit: int) -> int:
+        def op(conn: sqlite3.Connection, op: _Op) -> int:
+            cur = conn.execute(_PULL_FORWARD, (op.now, op.now, destination, op.now, limit))
+            if cur.rowcount:
+                op.notify = (destination,)
             return cur.rowcount
 
         return await self._write(op)
