@@ -25,6 +25,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 
 from gatewayd.smpp import pdu as P
 from gatewayd.smpp.simulator import Simulator, SimulatorSettings, receipt_text
@@ -230,6 +231,11 @@ async def test_twenty_sigkills_lose_nothing_acknowledged(tmp_path: Path) -> None
                     await trio.sleep(rng.uniform(0.0, 0.15))
                 proc.send_signal(signal.SIGKILL)
                 await proc.wait()
+                # Requests the dead process wrote before it died may still sit in the
+                # receiver's socket buffers: let the receiver answer them before taking
+                # the kill's time, or an attempt in flight at this kill (answered, never
+                # recorded) would look answered after it, its resend an unexplained dup.
+                await trio.testing.wait_all_tasks_blocked(cushion=0.05)
                 kill_times.append(trio.current_time())
                 progress.append(len(sim.acked))
                 proc = await start_daemon(config)
