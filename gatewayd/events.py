@@ -7,29 +7,82 @@ every payload repeats so receivers can de-duplicate (delivery is at-least-once).
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import enum
 import json
 import os
 import time
-import uuid
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import attrs
 
 SCHEMA_VERSION = 1
 
 
+#: One ``getrandom(2)`` per this many bytes of id randomness: 409 ids of 10 bytes each.
+ID_POOL_BYTES: Final = 4090
+_ID_RANDOM_BYTES: Final = 10  # 80 bits, of which the 12 of rand_a and the 62 of rand_b are used
+_MS_MASK: Final = (1 << 48) - 1
+#: A byte with its top two bits set to the RFC 9562 variant ``10`` (the other six kept).
+_VARIANT: Final = bytes(0x80 | (octet & 0x3F) for octet in range(256))
+
+#: Unused id randomness, drawn from ``os.urandom`` in batches (``os.urandom(10)`` per id
+#: was a syscall per MO) and kept as the id text after the timestamp (formatting in bulk
+#: costs less than per id). Process-wide, like the OS randomness it holds. Why no value
+#: is ever handed out twice:
+#:
+#: - threads: values leave only through ``deque.popleft``, which is atomic (the deque
+#:   docs: "thread-safe ... pops from either side"; a lock inside in free-threaded
+#:   builds), so each value goes to one caller. A refill reads fresh bytes into a local
+#:   list, keeps the first value and appends the rest: two threads refilling at once
+#:   just add two independent batches. No lock, no shared index.
+#: - fork: a child starts with a copy of the parent's unused values, which the parent
+#:   goes on to use. ``os.register_at_fork`` empties the child's copy right after fork
+#:   (``os.fork``, ``multiprocessing``'s fork start method), so the child reads its own.
+#:   A C extension that calls fork(2) without ``PyOS_AfterFork_Child`` would skip this;
+#:   exec-based spawning (``subprocess``) never runs Python in the child.
+_ID_RANDOM: collections.deque[str] = collections.deque()
+_take_random = _ID_RANDOM.popleft  # IndexError when empty: then _refill_random
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_ID_RANDOM.clear)
+
+
+def _id_suffixes(data: bytes) -> list[str]:
+    """The text after the timestamp (``7xxx-vxxx-xxxxxxxxxxxx``) of one id per 10 bytes
+    of ``data`` (a multiple of 10 long).
+
+    Each 10 bytes, read as an 80-bit big-endian ``rand``, give rand_a = its top 12 bits
+    and rand_b = its low 62 (the 6 bits between are dropped), as the earlier per-id code
+    did. In hex: rand_a is digits 0-2, digit 3 is dropped, and digits 4-19 are rand_b
+    once the variant has replaced the top two bits of byte 2 (digit 4)."""
+    buf = bytearray(data)
+    buf[2::_ID_RANDOM_BYTES] = buf[2::_ID_RANDOM_BYTES].translate(_VARIANT)
+    h = buf.hex()
+    return [f"7{h[i : i + 3]}-{h[i + 4 : i + 8]}-{h[i + 8 : i + 20]}" for i in range(0, len(h), 20)]
+
+
+def _refill_random() -> str:
+    """Read a batch of OS randomness into the pool; one value of it for the caller."""
+    values = _id_suffixes(os.urandom(ID_POOL_BYTES))
+    _ID_RANDOM.extend(values[1:])
+    return values[0]
+
+
 def new_event_id(now_ms: int | None = None) -> str:
-    """A UUIDv7 (RFC 9562): 48-bit Unix milliseconds, then random bits; sorts by time."""
+    """A UUIDv7 (RFC 9562 §5.7): 48-bit Unix milliseconds, version, 12 random bits,
+    variant, 62 random bits; ids sort by their millisecond (random within one).
+
+    The randomness is the OS's (``os.urandom``), read in batches (see ``_ID_RANDOM``).
+    The text is what ``str(uuid.UUID(int=value))`` makes, built without the object (the
+    ingest path makes one per MO)."""
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76  # version 7
-    value |= ((rand >> 68) & 0xFFF) << 64  # rand_a (12 bits)
-    value |= 0b10 << 62  # variant
-    value |= rand & ((1 << 62) - 1)  # rand_b (62 bits)
-    return str(uuid.UUID(int=value))
+    try:
+        rest = _take_random()
+    except IndexError:
+        rest = _refill_random()
+    h = f"{ms & _MS_MASK:012x}"
+    return f"{h[:8]}-{h[8:]}-{rest}"
 
 
 class MessageClass(enum.StrEnum):

@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import re
 import struct
 from collections.abc import Iterable, Mapping
@@ -32,7 +31,14 @@ from typing import Any, Literal
 import attrs
 
 from gatewayd import charsets
-from gatewayd.events import Address, DeliveryReceipt, MessageClass, MoMessage, ReceiptStatus
+from gatewayd.events import (
+    Address,
+    DeliveryReceipt,
+    MessageClass,
+    MoMessage,
+    ReceiptStatus,
+    new_event_id,
+)
 from gatewayd.smpp.pdu import Pdu
 
 # Optional parameter tags (SMPP 3.4 §5.3.2).
@@ -409,17 +415,9 @@ def _ms(when: dt.datetime) -> int:
     return int(when.timestamp() * 1000)
 
 
-def _event_id(now_ms: int) -> str:
-    """:func:`gatewayd.events.new_event_id` (the same UUIDv7 bits from the same randomness),
-    formatted directly instead of through a ``uuid.UUID``: the ingest path makes one per MO."""
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (now_ms & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76  # version 7
-    value |= ((rand >> 68) & 0xFFF) << 64  # rand_a (12 bits)
-    value |= 0b10 << 62  # variant
-    value |= rand & ((1 << 62) - 1)  # rand_b (62 bits)
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+#: The ingest path's event ids: UUIDv7 from pooled OS randomness (one getrandom(2) per
+#: 409 ids rather than one per MO; fork- and thread-safe: see ``gatewayd.events``).
+_event_id = new_event_id
 
 
 # --- UDH and concatenation ------------------------------------------------------------------

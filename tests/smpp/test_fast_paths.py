@@ -7,11 +7,10 @@ rewritten in place) a verbatim copy of the earlier implementation kept here.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import struct
+import uuid
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -126,11 +125,32 @@ def test_dedup_key_odd_field_values_match_the_reference(number: int, octet: int)
     assert rx.dedup_key(p, "c") == reference_dedup_key(p, "c")
 
 
+def reference_event_id(now_ms: int, random: bytes) -> str:
+    """new_event_id as first written: one os.urandom(10) per id, through uuid.UUID."""
+    rand = int.from_bytes(random, "big")
+    value = (now_ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76  # version 7
+    value |= ((rand >> 68) & 0xFFF) << 64  # rand_a (12 bits)
+    value |= 0b10 << 62  # variant
+    value |= rand & ((1 << 62) - 1)  # rand_b (62 bits)
+    return str(uuid.UUID(int=value))
+
+
 @given(st.integers(0, 2**48 + 5), st.binary(min_size=10, max_size=10))
-def test_event_id_is_new_event_id(now_ms: int, rand: bytes) -> None:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(os, "urandom", lambda n: rand[:n])
-        assert rx._event_id(now_ms) == events.new_event_id(now_ms)
+def test_event_id_is_the_reference(now_ms: int, rand: bytes) -> None:
+    # The ids come from a pool of pre-formatted randomness: put these bytes next in it.
+    events._ID_RANDOM.appendleft(events._id_suffixes(rand)[0])
+    assert rx._event_id(now_ms) == reference_event_id(now_ms, rand)
+    events._ID_RANDOM.appendleft(events._id_suffixes(rand)[0])
+    assert events.new_event_id(now_ms) == reference_event_id(now_ms, rand)
+
+
+@given(st.lists(st.binary(min_size=10, max_size=10), min_size=1, max_size=20))
+def test_a_batch_of_randomness_gives_one_id_per_10_bytes(blocks: list[bytes]) -> None:
+    suffixes = events._id_suffixes(b"".join(blocks))
+    assert len(suffixes) == len(blocks)
+    for rest, block in zip(suffixes, blocks, strict=True):
+        assert reference_event_id(0, block) == f"00000000-0000-{rest}"
 
 
 def test_event_id_shape() -> None:
