@@ -151,6 +151,7 @@ class Daemon:
         self.store: Store = store or SqliteStore(
             config.store,
             synchronous=config.synchronous,
+            relax_records=config.relaxed_records,
             dedup_window=config.dedup_window,
             wall_clock=wall_clock,
         )

@@ -305,6 +305,9 @@ class Config:
     file: Path | None = None  # the file it was read from
     store: Path = Path("gatewayd.db")  # resolved against the config file's directory
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    # Commit batches of only attempt records and claims with synchronous=NORMAL: a power
+    # loss can then cost a re-delivery, never a message (see gatewayd.store).
+    relaxed_records: bool = True
     classify: ClassifyConfig = ClassifyConfig()
     carriers: Mapping[str, CarrierConfig] = attrs.field(factory=dict)
     destinations: Mapping[str, DestinationConfig] = attrs.field(factory=dict)
@@ -439,6 +442,7 @@ _SENTINEL = "phxqzzph"
 _TOP_KEYS = (
     "store",
     "synchronous",
+    "relaxed_records",
     "classify",
     "carriers",
     "destinations",
@@ -830,6 +834,7 @@ class _Loader:
             store = Path(kw["store"]).expanduser()
             kw["store"] = store if store.is_absolute() else self.base_dir / store
         self.opt(top, "", "synchronous", partial_choice(self, ("FULL", "NORMAL"), upper=True), kw)
+        self.opt(top, "", "relaxed_records", self.boolean, kw)
         if "classify" in top:
             c = self.mapping(top["classify"], "classify", ("a2p_max_digits",))
             if c is not None:

@@ -11,7 +11,8 @@ Three kinds of figures, each read where it is cheapest:
   ``metrics.receipts.labels(result="matched").inc()``).
 - Read from the daemon at scrape time, in memory and O(binds): deliver_sm received by
   carrier and kind, acks by status, bind states, reconnects, window in use, attempts in
-  flight, concatenation parts pending.
+  flight, concatenation parts pending, store commits made relaxed (``synchronous=NORMAL``,
+  ``SqliteStore.relaxed_commits``).
 - Read from the store by a background task (:meth:`Metrics.run`) every
   ``stats_interval`` seconds and cached, so a scrape never runs SQL on the event loop:
   jobs by destination and state, events stored.
@@ -121,6 +122,13 @@ class _DaemonCollector(Collector):
             "concatenated messages with parts held",
             value=d.reassembler.pending_messages,
         )
+        relaxed = getattr(d.store, "relaxed_commits", None)
+        if isinstance(relaxed, int):
+            yield CounterMetricFamily(
+                "gatewayd_store_relaxed_commits",
+                "group commits of only attempt records and claims, made with synchronous=NORMAL",
+                value=relaxed,
+            )
         yield from self._store_stats(m.stats)
 
     def _binds(self, d: Daemon) -> Iterator[Metric]:

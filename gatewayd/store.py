@@ -17,6 +17,29 @@ batch is rolled back and every waiter gets :class:`StoreError`; the writer carri
 and later batches succeed once the cause is gone. There is no "wait to collect" window:
 a batch is whatever arrived while the previous one was committing.
 
+Relaxed commits: a batch made ONLY of operations whose loss can at worst cause a
+re-delivery (recorded attempts, claims, releases, the start-up re-queue: ``_Op.relaxed``)
+commits with ``synchronous=NORMAL`` instead of the configured mode (``FULL``: one fsync
+of the WAL per commit); every other batch (a persist, a send-API write, a replay, a
+config-driven dead-lettering, anything that creates or acknowledges data) commits with
+the configured mode. Why that is safe, in WAL mode:
+
+- a NORMAL commit is durable against a process crash (SIGKILL, OOM kill): its frames are
+  in the WAL file in the OS page cache. Only a power loss or kernel crash can lose it;
+- WAL frames are appended in commit order and the next FULL commit fsyncs the WAL file,
+  which makes every earlier frame durable too. So a power loss can only roll back the
+  relaxed transactions after the last FULL commit (a suffix: SQLite's recovery stops at
+  the first frame whose cumulative checksum fails), never a persist or anything that a
+  later FULL commit built on;
+- what such a loss undoes: a recorded attempt (the job is back ``inflight``, re-queued at
+  start and delivered again: a counted duplicate, never a lost message), a claim (the
+  jobs are ``queued`` instead of ``inflight``: the same after the start-up re-queue), a
+  release or a re-queue (the jobs stay ``inflight``: re-queued at the next start).
+
+Relaxed batches use ``min(configured, NORMAL)``; the connection's ``synchronous`` pragma
+(which cannot change inside a transaction) is switched before BEGIN, and only when the
+mode changes. ``relax_records=False`` turns this off; ``relaxed_commits`` counts them.
+
 The statements of a batch always run on the event loop. Where COMMIT (the fsync) runs
 depends on ``use_thread``: ``"auto"`` (the default) commits inline while recent commits
 are fast (the p90 of the last :data:`COMMIT_WINDOW` commits under
@@ -641,6 +664,7 @@ _STATUS_SQL: Final = (
     " ELSE 'delivered' END"
     " FROM jobs WHERE event_id = events.id AND replayed_by IS NULL"
 )
+
 # Queued retries of a destination whose last attempt got no answer (status_code NULL), the
 # earliest first; attempts_event narrows the subquery to the job's event.
 _PULL_FORWARD: Final = """
@@ -683,13 +707,19 @@ class _Op:
         "handoff",
         "notify",
         "now",
+        "relaxed",
         "result",
         "waiter",
     )
 
-    def __init__(self, fn: Callable[[sqlite3.Connection, _Op], Any], now: float) -> None:
+    def __init__(
+        self, fn: Callable[[sqlite3.Connection, _Op], Any], now: float, *, relaxed: bool = False
+    ) -> None:
         self.fn = fn
         self.now = now  # wall-clock time of the request (taken on the event loop)
+        # Losing it on power failure can at worst cause a re-delivery: a batch of only such
+        # operations may commit with synchronous=NORMAL (see "Relaxed commits" above).
+        self.relaxed = relaxed
         # The one task waiting for the outcome. Woken directly rather than through a
         # trio.Event: an Event (and its ParkingLot) per write is measurable at this rate.
         self.waiter: trio.lowlevel.Task | None = None
@@ -740,6 +770,7 @@ class SqliteStore(Store):
         use_thread: bool | Literal["auto"] = "auto",
         max_batch: int = 4096,
         wall_clock: Callable[[], float] = time.time,
+        relax_records: bool = True,
     ) -> None:
         if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"bad synchronous mode {synchronous!r}")
@@ -750,6 +781,11 @@ class SqliteStore(Store):
         self._wall = wall_clock
         self._busy_ms = int(busy_timeout * 1000)
         self._synchronous = synchronous
+        # The mode of relaxed batches: min(configured, NORMAL); None if that is no change.
+        self._relaxed_mode: Synchronous | None = (
+            "NORMAL" if relax_records and synchronous in ("FULL", "EXTRA") else None
+        )
+        self._sync_now: Synchronous | None = synchronous  # the write connection's; None: unsure
         try:
             self._wconn = self._connect()
             self._migrate(self._wconn)
@@ -767,6 +803,7 @@ class SqliteStore(Store):
         self.batches = 0  # committed batches, for tests and metrics
         self.commit_seconds: list[float] = []  # recent commit durations (bounded)
         self.inline_commits = 0  # commits run on the event loop (for tests)
+        self.relaxed_commits = 0  # commits made with _relaxed_mode (for tests and metrics)
         # Adaptive commit: the last COMMIT_WINDOW COMMIT durations, and how many were slow.
         self._commit_times: deque[float] = deque()
         self._slow_commits = 0
@@ -902,8 +939,12 @@ class SqliteStore(Store):
         docstring).
         """
         start = time.perf_counter()
+        mode = self._synchronous
+        if self._relaxed_mode is not None and all(op.relaxed for op in batch):
+            mode = self._relaxed_mode  # only re-deliveries at stake (see the module docstring)
         try:
             try:
+                self._set_synchronous(mode)
                 await self._begin()
             except sqlite3.Error as exc:
                 self._fail_batch(batch, exc, "begin")
@@ -915,6 +956,8 @@ class SqliteStore(Store):
                         self._rollback()
                         self._fail_batch(batch, exc, "commit")
                     else:
+                        if mode != self._synchronous:
+                            self.relaxed_commits += 1
                         self.commit_seconds.append(time.perf_counter() - start)
                         if len(self.commit_seconds) > 1024:
                             del self.commit_seconds[:512]
@@ -952,6 +995,17 @@ class SqliteStore(Store):
                     self._taker.cancel(token)
             except Exception:  # pragma: no cover - a taker must not raise
                 log.exception("job taker failed")
+
+    def _set_synchronous(self, mode: Synchronous) -> None:
+        """Give the write connection ``mode`` for the next transaction, if it has another.
+
+        Outside a transaction only (SQLite refuses it inside one); a PRAGMA per batch costs
+        a few µs, so it is issued only when the mode changes.
+        """
+        if mode != self._sync_now:
+            self._sync_now = None  # unknown until the pragma has run
+            self._wconn.execute(f"PRAGMA synchronous = {mode}")
+            self._sync_now = mode
 
     async def _begin(self) -> None:
         conn = self._wconn
@@ -1006,12 +1060,17 @@ class SqliteStore(Store):
             op.notify = ()
             op.error = StoreError(f"store {stage} failed: {exc}")
 
-    async def _write(self, fn: Callable[[sqlite3.Connection, _Op], T]) -> T:
+    async def _write(
+        self, fn: Callable[[sqlite3.Connection, _Op], T], *, relaxed: bool = False
+    ) -> T:
         """Run ``fn`` in a write transaction: group-committed when the writer runs.
 
-        ``fn`` may set ``op.notify`` to the destinations it queued jobs for.
+        ``fn`` may set ``op.notify`` to the destinations it queued jobs for. ``relaxed``:
+        losing this write on power failure can at worst cause a re-delivery (see "Relaxed
+        commits" in the module docstring); never for a write that creates or acknowledges
+        data.
         """
-        op = _Op(fn, self._wall())
+        op = _Op(fn, self._wall(), relaxed=relaxed)
         if self._running:
             self._queue.append(op)
             self._has_work.set()
@@ -1164,7 +1223,9 @@ class SqliteStore(Store):
                     drained(destination, len(claimed))
             return claimed
 
-        return await self._write(op)
+        # Relaxed: a claim lost to a power cut leaves the jobs queued, as the start-up
+        # re-queue of in-flight jobs would; at worst they are delivered again.
+        return await self._write(op, relaxed=True)
 
     async def record_attempt(
         self,
@@ -1181,7 +1242,7 @@ class SqliteStore(Store):
             if self._record_batch(conn, op.now, todo):
                 raise LookupError(f"no job {job_id}")
 
-        await self._write(op)
+        await self._write(op, relaxed=True)  # lost: re-queued and delivered again
 
     async def record_attempts(self, items: Sequence[RecordItem]) -> None:
         """Record many attempts in ONE write operation (the dispatcher's batches).
@@ -1195,7 +1256,9 @@ class SqliteStore(Store):
                 log.warning("recording an attempt: no such job", extra={"job_id": job_id})
 
         if todo:
-            await self._write(op)
+            # Relaxed: a lost record leaves the job in flight, so it is re-queued at start
+            # and delivered again (a duplicate), never lost.
+            await self._write(op, relaxed=True)
 
     @staticmethod
     def _state_after(next_at: float | None, final_state: JobState | None) -> JobState:
@@ -1262,7 +1325,7 @@ class SqliteStore(Store):
             )
 
         if ids:
-            await self._write(op)
+            await self._write(op, relaxed=True)  # lost: in flight, re-queued at start
 
     async def next_due_at(self, destination: str) -> float | None:
         def query(conn: sqlite3.Connection) -> float | None:
@@ -1282,7 +1345,7 @@ class SqliteStore(Store):
             )
             return cur.rowcount
 
-        return await self._write(op)
+        return await self._write(op, relaxed=True)  # lost: done again at the next start
 
     async def dead_letter_destination(self, name: str, reason: str) -> int:
         def op(conn: sqlite3.Connection, op: _Op) -> int:

@@ -99,6 +99,7 @@ def test_example_config_loads_into_records() -> None:
         600.0,
     )
     assert config.synchronous == "FULL"
+    assert config.relaxed_records is True
 
 
 def test_every_key_loads(tmp_path: Path) -> None:
@@ -107,6 +108,7 @@ def test_every_key_loads(tmp_path: Path) -> None:
         """
         store: /var/lib/gatewayd/gw.db
         synchronous: normal
+        relaxed_records: false
         classify: {a2p_max_digits: 6}
         reassembly_timeout: 2m
         drain_grace: 10
@@ -177,6 +179,7 @@ def test_every_key_loads(tmp_path: Path) -> None:
     assert config.file == path
     assert config.store == Path("/var/lib/gatewayd/gw.db")
     assert config.synchronous == "NORMAL"
+    assert config.relaxed_records is False
     assert config.classify.a2p_max_digits == 6
     assert (config.reassembly_timeout, config.drain_grace, config.dedup_window) == (
         120.0,

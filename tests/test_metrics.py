@@ -68,6 +68,10 @@ async def test_figures_move_as_messages_flow(
     assert value(after, "gatewayd_store_commit_seconds_count") > value(
         before, "gatewayd_store_commit_seconds_count"
     )
+    # the recorded attempts (and claims) committed relaxed, without an fsync
+    assert value(after, "gatewayd_store_relaxed_commits_total") > value(
+        before, "gatewayd_store_relaxed_commits_total"
+    )
     assert value(after, "gatewayd_jobs", destination="crm", state="delivered") == 2
     assert value(after, "gatewayd_jobs", destination="status", state="delivered") == 1
     assert value(after, "gatewayd_store_events") == 3

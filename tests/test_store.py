@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import signal
 import sqlite3
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import attrs
@@ -28,6 +30,7 @@ from gatewayd.store import (
     SqliteStore,
     StoreClosed,
     StoreError,
+    Synchronous,
 )
 
 WALL0 = 1_700_000_000.0
@@ -856,3 +859,200 @@ async def test_a_claim_that_drains_the_queue_tells_the_taker_and_swallows_earlie
     await store.persist(item())
     assert len(await store.claim_due("crm", wall(), 1)) == 1
     assert taker.drained_calls == [("crm", 2)]
+
+
+# --------------------------------------------------------------------------- relaxed commits
+
+OFF, NORMAL, FULL, EXTRA = 0, 1, 2, 3  # as PRAGMA synchronous reads them
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def commit_modes(store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The write connection's ``PRAGMA synchronous`` at every COMMIT from now on."""
+    modes: list[int] = []
+    real = store._commit_now
+
+    def commit_now() -> None:
+        modes.append(store._wconn.execute("PRAGMA synchronous").fetchone()[0])
+        real()
+
+    monkeypatch.setattr(store, "_commit_now", commit_now)
+    return modes
+
+
+def delivered(job_id: int) -> RecordItem:
+    ok = AttemptResult(outcome=Outcome.DELIVERED, status_code=200)
+    return RecordItem(job_id=job_id, result=ok, next_at=None, final_state=JobState.DELIVERED)
+
+
+async def test_attempt_records_and_claims_commit_relaxed(
+    store: SqliteStore, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = store.relaxed_commits  # 1: requeue_inflight when the writer started
+    modes = commit_modes(store, monkeypatch)
+    await store.persist(item())
+    await store.persist(item())
+    assert (modes, store.relaxed_commits) == ([FULL, FULL], base)
+    first, second = await store.claim_due("crm", wall(), 10)
+    await store.record_attempts([delivered(first.job.id)])
+    await store.release([second.job.id])
+    await store.requeue_inflight()
+    retry = AttemptResult(outcome=Outcome.RETRY, status_code=503, error="HTTP 503")
+    await store.record_attempt(second.job.id, retry, next_at=wall() + 60)
+    assert modes == [FULL, FULL] + [NORMAL] * 5
+    assert store.relaxed_commits == base + 5
+    await store.persist(item())  # back to the configured mode
+    assert modes[-1] == FULL
+    assert store.relaxed_commits == base + 5
+    assert (await store.get_event(first.event.id)).jobs[0].state is JobState.DELIVERED
+    assert (await store.get_event(second.event.id)).jobs[0].attempts == 1
+
+
+async def test_a_batch_with_a_persist_in_it_commits_full(
+    store: SqliteStore, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.persist(item())
+    (claimed,) = await store.claim_due("crm", wall(), 10)
+    modes = commit_modes(store, monkeypatch)
+    relaxed, batches = store.relaxed_commits, store.batches
+    # The writer waits for the lock: all three queue up and commit as one batch.
+    async with trio.open_nursery() as nursery, store._write_lock:
+        nursery.start_soon(store.record_attempts, [delivered(claimed.job.id)])
+        nursery.start_soon(store.persist, item())
+        nursery.start_soon(store.claim_due, "crm", wall(), 10)
+        await trio.testing.wait_all_tasks_blocked()
+    assert store.batches == batches + 1
+    assert modes == [FULL]
+    assert store.relaxed_commits == relaxed
+
+
+StrictWrite = Callable[[SqliteStore, MoMessage], Awaitable[object]]
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        pytest.param(lambda s, mo: s.persist(item()), id="persist"),
+        pytest.param(lambda s, mo: s.replay(mo.id), id="replay"),
+        pytest.param(lambda s, mo: s.dead_letter_destination("crm", "removed"), id="dead_letter"),
+        pytest.param(lambda s, mo: s.prune(WALL0 + 1, WALL0 + 1), id="prune"),
+    ],
+)
+async def test_writes_that_create_or_acknowledge_data_commit_full(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch, write: StrictWrite
+) -> None:
+    mo = make_mo()
+    await store.persist(item(mo))
+    await store.requeue_inflight()  # the connection is left at NORMAL
+    modes = commit_modes(store, monkeypatch)
+    relaxed = store.relaxed_commits
+    await write(store, mo)
+    assert modes == [FULL]
+    assert store.relaxed_commits == relaxed
+
+
+async def test_the_pragma_is_issued_only_when_the_mode_changes(
+    store: SqliteStore, wall: FakeWall
+) -> None:
+    await store.persist(item())  # FULL already: nothing to switch
+    pragmas: list[str] = []
+
+    def trace(sql: str) -> None:
+        if sql.upper().startswith("PRAGMA SYNCHRONOUS"):
+            pragmas.append(sql)
+
+    store._wconn.set_trace_callback(trace)
+    await store.persist(item())
+    assert pragmas == []
+    claimed = await store.claim_due("crm", wall(), 10)
+    await store.record_attempts([delivered(c.job.id) for c in claimed])
+    await store.persist(item())
+    await store.persist(item())
+    assert pragmas == ["PRAGMA synchronous = NORMAL", "PRAGMA synchronous = FULL"]
+
+
+async def test_turned_off_every_commit_uses_the_configured_mode(
+    tmp_path: Path, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = SqliteStore(tmp_path / "g.db", wall_clock=wall, relax_records=False)
+    modes = commit_modes(s, monkeypatch)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(s.run)  # requeue_inflight: would be relaxed
+        await s.persist(item())
+        claimed = await s.claim_due("crm", wall(), 10)
+        await s.record_attempts([delivered(c.job.id) for c in claimed])
+        nursery.cancel_scope.cancel()
+    s.close()
+    assert modes == [FULL] * 4
+    assert s.relaxed_commits == 0
+
+
+@pytest.mark.parametrize(
+    ("configured", "strict", "relaxed", "counted"),
+    [
+        ("EXTRA", EXTRA, NORMAL, 1),
+        ("FULL", FULL, NORMAL, 1),
+        ("NORMAL", NORMAL, NORMAL, 0),  # never stricter than configured, and not counted
+        ("OFF", OFF, OFF, 0),
+    ],
+)
+async def test_relaxed_batches_use_at_most_normal(
+    tmp_path: Path,
+    wall: FakeWall,
+    monkeypatch: pytest.MonkeyPatch,
+    configured: Synchronous,
+    strict: int,
+    relaxed: int,
+    counted: int,
+) -> None:
+    s = SqliteStore(tmp_path / "g.db", wall_clock=wall, synchronous=configured)
+    modes = commit_modes(s, monkeypatch)
+    await s.persist(item())  # no writer: each write its own transaction
+    await s.claim_due("crm", wall(), 10)
+    s.close()
+    assert modes == [strict, relaxed]
+    assert s.relaxed_commits == counted
+
+
+_KILLED_AFTER_RELAXED_COMMITS = """
+import os, signal, sys
+import trio
+from gatewayd.destinations.base import AttemptResult, Outcome
+from gatewayd.store import JobState, RecordItem, SqliteStore
+
+async def main() -> None:
+    store = SqliteStore(sys.argv[1])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)  # requeue_inflight: relaxed
+        (claimed,) = await store.claim_due("crm", 2e9, 10)
+        ok = AttemptResult(outcome=Outcome.DELIVERED, status_code=200)
+        item = RecordItem(
+            job_id=claimed.job.id, result=ok, next_at=None, final_state=JobState.DELIVERED
+        )
+        await store.record_attempts([item])
+        assert store.relaxed_commits == 3, store.relaxed_commits
+        os.kill(os.getpid(), signal.SIGKILL)  # no close, no checkpoint
+
+trio.run(main)
+"""
+
+
+async def test_relaxed_commits_survive_a_killed_process(tmp_path: Path, wall: FakeWall) -> None:
+    path = tmp_path / "g.db"
+    s = SqliteStore(path, wall_clock=wall)
+    mo = make_mo()
+    await s.persist(item(mo))
+    s.close()
+    proc = await trio.run_process(
+        [sys.executable, "-c", _KILLED_AFTER_RELAXED_COMMITS, str(path)],
+        cwd=ROOT,
+        check=False,
+        capture_stderr=True,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    assert (tmp_path / "g.db-wal").stat().st_size > 0  # the records are in the WAL only
+    s = SqliteStore(path, wall_clock=wall)
+    rec = await s.get_event(mo.id)
+    s.close()
+    assert [(j.state, j.attempts) for j in rec.jobs] == [(JobState.DELIVERED, 1)]
+    assert [a.status_code for a in rec.attempts] == [200]
