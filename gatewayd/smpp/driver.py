@@ -322,11 +322,18 @@ class SmppBind:
         serving.cancel()
 
     async def _unbind_after_cancel(self, session: S.Session, stream: trio.abc.Stream) -> None:
-        """Best-effort unbind on a stream whose runner was cancelled (no tasks left)."""
+        """Best-effort unbind on a stream whose runner was cancelled (no tasks left).
+
+        The cancellation may cut a graceful stop short (the daemon's drain deadline while
+        :meth:`SessionRunner.unbind` waits for a slow SMSC's unbind_resp): that unbind is
+        out already and the session refuses a second one, so wait for the first one's."""
         with trio.move_on_after(self.settings.unbind_timeout):
             try:
-                session.unbind(trio.current_time())
-                await stream.send_all(session.data_to_send())
+                if not session.unbinding:
+                    session.unbind(trio.current_time())
+                out = session.data_to_send()  # our unbind, unless a flush already sent it
+                if out:
+                    await stream.send_all(out)
                 while session.state is not S.State.CLOSED:
                     data = await stream.receive_some(65536)
                     session.receive_data(data, trio.current_time())

@@ -304,6 +304,11 @@ class Session:
         return max(0, self.window - used)
 
     @property
+    def unbinding(self) -> bool:
+        """Our unbind is out, waiting for its unbind_resp (a second one is refused)."""
+        return self._unbinding
+
+    @property
     def pending_incoming(self) -> int:
         """Incoming requests not yet answered (the driver stops reading at >= window)."""
         return len(self._pending)

@@ -16,7 +16,7 @@ import trio
 import trio.testing
 
 from gatewayd.smpp import pdu as P
-from gatewayd.smpp.driver import BindState
+from gatewayd.smpp.driver import BindSettings, BindState, SmppBind
 from gatewayd.smpp.simulator import Simulator, SimulatorSettings
 from gatewayd.store import PersistItem, PersistResult, SqliteStore
 from gatewayd.webhook_receiver import WebhookReceiver, open_webhook_receiver
@@ -54,6 +54,17 @@ def texts(rx: WebhookReceiver) -> collections.Counter[str]:
 
 async def event_count(store: SqliteStore) -> int:
     return (await store.stats()).events
+
+
+async def pass_time(seconds: float) -> None:
+    """Let ``seconds`` of virtual time pass in :func:`wait_until`'s small steps.
+
+    Under autojump a plain sleep (or an Event wait) leaps to the next timer as soon as every
+    task waits, even while bytes are still crossing a real socket: a response in flight
+    would time out and the bind drop. In small steps the clock cannot outrun the loopback.
+    """
+    end = trio.current_time() + seconds
+    await wait_until(lambda: trio.current_time() >= end)
 
 
 class HoldingStore(SqliteStore):
@@ -97,6 +108,12 @@ async def test_connection_reset_mid_window_resent_and_delivered_once(
             store.plan = ["pass"] * 3 + ["after"] * 3 + ["before"] * 4
             with trio.fail_after(60):
                 await wait_until(lambda: store.held == 7)
+                # The daemon answered exactly the 3 it made durable, nothing it holds...
+                assert run.daemon.acks == {P.ESME_ROK: 3}
+                # ...and the SMSC must have read those 3 deliver_sm_resp before the reset: they
+                # cross a real socket to the simulator's reader, so wait for them instead of
+                # asserting at once (one still in flight would be counted lost and resent).
+                await wait_until(lambda: len(sim.acked) >= 3)
                 assert len(sim.acked) == 3
                 (conn,) = sim.receivers()
                 reset(conn.runner.stream)  # type: ignore[arg-type]
@@ -104,9 +121,10 @@ async def test_connection_reset_mid_window_resent_and_delivered_once(
                 bind = run.daemon.binds["sim"][0]
                 await wait_until(lambda: bind.state is not BindState.BOUND)
                 store.gate.set()  # the disk is fast again
-                await sim.mo_done.wait()
-                await rx.wait_for(10)
-            await trio.sleep(30)  # nothing more arrives
+                # polled, not Event waits: the clock must not leap (see pass_time)
+                await wait_until(sim.mo_done.is_set)
+                await wait_until(lambda: len(rx.requests) >= 10)
+            await pass_time(30)  # nothing more arrives
             assert await event_count(store) == 10
             assert run.daemon.duplicates == 3  # the committed-but-unanswered ones
         nursery.cancel_scope.cancel()
@@ -115,6 +133,43 @@ async def test_connection_reset_mid_window_resent_and_delivered_once(
     assert len(lost) == 7  # the reset took 7 unanswered deliver_sm with it
     assert sorted(sim.acked.values()) == [1] * 3 + [2] * 7  # resent once on the next bind
     assert sim.binds == [("gw", "transceiver", P.ESME_ROK)] * 2
+
+
+async def test_stop_cut_short_while_the_smsc_sits_on_unbind_ends_cleanly(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A graceful stop's unbind is out, the SMSC never answers it, and the owner's deadline
+    (the daemon's drain) cancels the bind meanwhile: it must end quietly, without a second
+    unbind (the session refuses one: a LocalProtocolError crashed the daemon's stop)."""
+
+    async def script(stream: trio.SocketStream, peer: RawPeer) -> None:
+        framer = P.Framer()
+        await accept_bind(stream, peer, framer)
+        while (pdu := await peer.read_pdu(stream, framer)) is not None:
+            if not pdu.is_response and pdu.command != "unbind":
+                await stream.send_all(P.encode(P.response_for(pdu)))
+
+    peer = RawPeer(script)
+    async with trio.open_nursery() as outer:
+        port = await outer.start(peer.serve)
+        settings = BindSettings(
+            carrier="sim", host="127.0.0.1", port=port, system_id="gw", password="pw"
+        )
+        bind = SmppBind(settings)
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(bind.run)
+                await wait_until(lambda: bind.state is BindState.BOUND)
+                bind.stop()
+                await wait_until(lambda: bind.state is BindState.UNBINDING)
+                await pass_time(1)  # the unbind is out; no unbind_resp comes
+                cancelled_at = trio.current_time()
+                nursery.cancel_scope.cancel()
+            took = trio.current_time() - cancelled_at
+        outer.cancel_scope.cancel()
+    assert bind.state is BindState.STOPPED
+    assert [p.command for p in peer.received] == ["bind_transceiver", "unbind"]
+    assert took <= settings.unbind_timeout + 1.0  # waited for the first unbind, bounded
 
 
 async def test_half_open_smsc_detected_by_enquire_link_and_rebound(
