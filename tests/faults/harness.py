@@ -3,6 +3,14 @@
 The store runs inline (``use_thread=False``) and the daemon's wall clock follows trio's
 clock, so retry schedules, timeouts and enquire_link timers are deterministic under
 ``autojump_clock``.
+
+The bytes between the daemon and its peers cross real loopback sockets, and the autojump
+clock knows nothing of them: as soon as every task waits, it leaps to the next timer, even
+while a response is still on its way (a slow or loaded machine). A response in flight would
+then time out in virtual time and a bind drop, or an attempt fail. So a scenario runs
+:func:`paced`: virtual time passes in steps of at most :data:`PACE`, which the loopback
+keeps up with. And a test that asserts on what a peer saw first waits (:func:`wait_until`)
+for the peer to have read it.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ from tests.smpp.peers import RawPeer
 StoreFactory = Callable[..., SqliteStore]
 
 REAL_TIME_LIMIT = 120.0  # seconds of real time an in-process scenario may take
+PACE = 0.01  # seconds of virtual time the autojump clock may leap at once in a scenario
+STOP_LIMIT = 60.0  # seconds (virtual) the daemon may take to stop at the end of a scenario
 
 
 class Livelock(AssertionError):
@@ -55,6 +65,27 @@ async def real_time_limit(seconds: float = REAL_TIME_LIMIT) -> AsyncIterator[Non
             yield
         finally:
             done.set()
+            nursery.cancel_scope.cancel()
+
+
+@contextlib.asynccontextmanager
+async def paced(step: float = PACE) -> AsyncIterator[None]:
+    """Within the block, let the autojump clock leap at most ``step`` at a time.
+
+    A timer every ``step`` is always the next one due, so however long a task sleeps or
+    waits for an event, the clock moves in small steps while bytes cross a real socket
+    (see the module docstring). Timers still fire at their exact deadlines.
+    """
+
+    async def pacer() -> None:
+        while True:
+            await trio.sleep(step)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pacer)
+        try:
+            yield
+        finally:
             nursery.cancel_scope.cancel()
 
 
@@ -98,15 +129,19 @@ async def daemon_running(
         config.store, dedup_window=config.dedup_window, use_thread=False, wall_clock=wall
     )
     daemon = Daemon(config, store=store, wall_clock=wall)
-    async with real_time_limit(), trio.open_nursery() as nursery:
+    # paced to the end: the stop's unbind and drain cross the loopback too
+    async with real_time_limit(), paced(), trio.open_nursery() as nursery:
         await nursery.start(daemon.run)
         try:
             yield Running(daemon=daemon, store=store, config=config)
         finally:
             daemon.stop()
-            with trio.move_on_after(60):
+            with trio.move_on_after(STOP_LIMIT):
                 await daemon.stopped.wait()
             nursery.cancel_scope.cancel()
+        # (not reached when the block raised: that error is the one to see)
+        if not daemon.stopped.is_set():
+            raise AssertionError(f"the daemon did not stop within {STOP_LIMIT:g}s")
 
 
 def mo_fields(text: str, *, source: str = "447700900001", to: str = "12345") -> dict[str, Any]:
@@ -156,6 +191,20 @@ async def serve_requests(stream: trio.SocketStream, peer: RawPeer, framer: P.Fra
                 return
 
 
-async def wait_until(predicate: Callable[[], bool], step: float = 0.01) -> None:
+async def wait_until(predicate: Callable[[], bool], step: float = PACE) -> None:
+    """Poll ``predicate`` every ``step`` (virtual) seconds until it holds (callers set a
+    deadline). Polled, not an Event wait: the clock moves in steps meanwhile."""
     while not predicate():
         await trio.sleep(step)
+
+
+async def pass_time(seconds: float) -> None:
+    """Let ``seconds`` of virtual time pass in :func:`wait_until`'s small steps.
+
+    Under autojump a plain sleep (or an Event wait) outside :func:`paced` leaps to the next
+    timer as soon as every task waits, even while bytes are still crossing a real socket:
+    a response in flight would time out and the bind drop. In small steps the clock cannot
+    outrun the loopback.
+    """
+    end = trio.current_time() + seconds
+    await wait_until(lambda: trio.current_time() >= end)

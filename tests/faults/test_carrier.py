@@ -26,6 +26,8 @@ from tests.faults.harness import (
     config_yaml,
     daemon_running,
     deliver_sm,
+    paced,
+    pass_time,
     reset,
     serve_requests,
     wait_until,
@@ -54,17 +56,6 @@ def texts(rx: WebhookReceiver) -> collections.Counter[str]:
 
 async def event_count(store: SqliteStore) -> int:
     return (await store.stats()).events
-
-
-async def pass_time(seconds: float) -> None:
-    """Let ``seconds`` of virtual time pass in :func:`wait_until`'s small steps.
-
-    Under autojump a plain sleep (or an Event wait) leaps to the next timer as soon as every
-    task waits, even while bytes are still crossing a real socket: a response in flight
-    would time out and the bind drop. In small steps the clock cannot outrun the loopback.
-    """
-    end = trio.current_time() + seconds
-    await wait_until(lambda: trio.current_time() >= end)
 
 
 class HoldingStore(SqliteStore):
@@ -141,6 +132,7 @@ async def test_stop_cut_short_while_the_smsc_sits_on_unbind_ends_cleanly(
     """A graceful stop's unbind is out, the SMSC never answers it, and the owner's deadline
     (the daemon's drain) cancels the bind meanwhile: it must end quietly, without a second
     unbind (the session refuses one: a LocalProtocolError crashed the daemon's stop)."""
+    hung_up: list[float] = []
 
     async def script(stream: trio.SocketStream, peer: RawPeer) -> None:
         framer = P.Framer()
@@ -148,9 +140,10 @@ async def test_stop_cut_short_while_the_smsc_sits_on_unbind_ends_cleanly(
         while (pdu := await peer.read_pdu(stream, framer)) is not None:
             if not pdu.is_response and pdu.command != "unbind":
                 await stream.send_all(P.encode(P.response_for(pdu)))
+        hung_up.append(trio.current_time())
 
     peer = RawPeer(script)
-    async with trio.open_nursery() as outer:
+    async with paced(), trio.open_nursery() as outer:
         port = await outer.start(peer.serve)
         settings = BindSettings(
             carrier="sim", host="127.0.0.1", port=port, system_id="gw", password="pw"
@@ -161,11 +154,15 @@ async def test_stop_cut_short_while_the_smsc_sits_on_unbind_ends_cleanly(
                 nursery.start_soon(bind.run)
                 await wait_until(lambda: bind.state is BindState.BOUND)
                 bind.stop()
-                await wait_until(lambda: bind.state is BindState.UNBINDING)
-                await pass_time(1)  # the unbind is out; no unbind_resp comes
+                # the unbind is out once the SMSC has read it (it crosses a real socket)
+                await wait_until(lambda: len(peer.received) >= 2)
+                assert bind.state is BindState.UNBINDING
+                await pass_time(1)  # no unbind_resp comes
                 cancelled_at = trio.current_time()
                 nursery.cancel_scope.cancel()
             took = trio.current_time() - cancelled_at
+            # the SMSC has read all the ESME sent (a second unbind would be in received)
+            await wait_until(lambda: bool(hung_up))
         outer.cancel_scope.cancel()
     assert bind.state is BindState.STOPPED
     assert [p.command for p in peer.received] == ["bind_transceiver", "unbind"]
@@ -308,6 +305,8 @@ async def test_resent_deliver_sm_with_new_sequence_delivered_once(
         async with daemon_running(tmp_path, config_yaml(carrier, rest(rx))) as run:
             with trio.fail_after(60):
                 await rx.wait_for(3)
+                # the SMSC reads its last deliver_sm_resp after the webhook may have gone
+                await wait_until(lambda: len(statuses) >= 6)
             await trio.sleep(30)
             assert run.daemon.duplicates == 3
             assert await event_count(run.store) == 3

@@ -23,7 +23,7 @@ from gatewayd.smpp.simulator import Simulator, SimulatorSettings
 from gatewayd.store import AttemptRecord, EventRecord, JobState
 from gatewayd.webhook_receiver import ReceivedRequest, Reply, open_webhook_receiver
 from tests.e2e.helpers import free_port
-from tests.faults.harness import carrier_yaml, config_yaml, daemon_running
+from tests.faults.harness import carrier_yaml, config_yaml, daemon_running, wait_until
 
 N = 12  # MOs per scenario
 GOOD_LATENCY = 0.5  # seconds (virtual): the healthy destination is never held up
@@ -89,6 +89,11 @@ async def run_scenario(
                     if len(records) == N and all(finished(r) for r in records):
                         break
                     await trio.sleep(1)
+                if bad is not None:
+                    # Each attempt sent its request, but one that timed out may still be on
+                    # its way to the receiver (a real socket): wait until it has read them all.
+                    sent = sum(1 for r in records for a in r.attempts if a.destination == "bad")
+                    await wait_until(lambda: len(bad_rx.requests) >= sent)
             good_texts = collections.Counter(r.json()["text"] for r in good_rx.requests)
         nursery.cancel_scope.cancel()
     return Outcome(records=records, good_texts=good_texts, bad_requests=len(bad_rx.requests))

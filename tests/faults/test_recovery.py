@@ -16,12 +16,17 @@ import trio
 import trio.testing
 
 from gatewayd.smpp.simulator import Simulator, SimulatorSettings
-from gatewayd.store import EventRecord, JobState
+from gatewayd.store import EventRecord, JobState, SqliteStore
 from gatewayd.webhook_receiver import ReceivedRequest, Reply, open_webhook_receiver
-from tests.faults.harness import carrier_yaml, config_yaml, daemon_running
+from tests.faults.harness import PACE, carrier_yaml, config_yaml, daemon_running
 
 DOWN = 6  # MOs sent while the destination is down
 INTERVAL = 1800.0  # the retry interval (the default)
+
+
+async def _records(store: SqliteStore) -> list[EventRecord]:
+    page = await store.list_events(limit=100)
+    return [await store.get_event(e.id) for e in page.items]
 
 
 def _text(record: EventRecord) -> str:
@@ -54,16 +59,19 @@ async def _scenario(tmp_path: Path, down_reply: Reply) -> list[EventRecord]:
         async with daemon_running(tmp_path, text) as run:
             with trio.fail_after(120):
                 await sim.mo_done.wait()
-                while len(rx.requests) < DOWN:  # every MO tried once, and failed
+                while len(rx.requests) < DOWN:  # every MO tried once...
                     await trio.sleep(0.5)
-            await trio.sleep(5)  # the failures are recorded
+                # ...and failed: the daemon has recorded it (its answer, or the dropped
+                # connection, crosses a real socket first)
+                while not all(len(r.attempts) == 1 for r in await _records(run.store)):
+                    await trio.sleep(PACE)
+            await trio.sleep(5)
             up = True
             status = await sim.deliver("after", sim.mo_fields("TEXT after"))
             assert status == 0
             with trio.fail_after(2 * INTERVAL):
                 while True:
-                    page = await run.store.list_events(limit=100)
-                    records = [await run.store.get_event(e.id) for e in page.items]
+                    records = await _records(run.store)
                     if len(records) == DOWN + 1 and all(
                         j.state is JobState.DELIVERED for r in records for j in r.jobs
                     ):

@@ -24,7 +24,13 @@ from gatewayd.smpp import pdu as P
 from gatewayd.smpp.simulator import Simulator, SimulatorSettings
 from gatewayd.store import JobState, SqliteStore
 from gatewayd.webhook_receiver import ReceivedRequest, Reply, open_webhook_receiver
-from tests.faults.harness import carrier_yaml, config_yaml, daemon_running, mo_fields
+from tests.faults.harness import (
+    carrier_yaml,
+    config_yaml,
+    daemon_running,
+    mo_fields,
+    wait_until,
+)
 
 BEFORE = 5  # MOs acknowledged before the disk fills (their webhook is down meanwhile)
 DURING = 6  # MOs the SMSC offers while it is full
@@ -139,11 +145,20 @@ async def full_store_scenario(
                     ):
                         await trio.sleep(1)
                     await trio.sleep(30)  # retries of the stored jobs fail to record, too
+                    # every temporary error the daemon answered has reached the SMSC (each
+                    # crosses a real socket): none is still on its way when space is back
+                    await wait_until(
+                        lambda: (
+                            len(sim.deliveries) - BEFORE >= run.daemon.acks.get(P.ESME_RX_T_APPN, 0)
+                        )
+                    )
                     full_status = [d.status for d in sim.deliveries[BEFORE:]]
                     make_room(run.store)
                     healthy = True
                 while len(delivered) < BEFORE + DURING:
                     await trio.sleep(1)
+                # the SMSC has read its acks (a webhook can be out before the last one is)
+                await wait_until(lambda: len(sim.acked) >= BEFORE + DURING)
             await trio.sleep(60)  # nothing more arrives
             stats = await run.store.stats()
             assert stats.events == BEFORE + DURING
