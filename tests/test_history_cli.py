@@ -27,9 +27,9 @@ class Events:
     retrying: str
 
 
-def make_mo(text: str, source: str) -> MoMessage:
+def make_mo(text: str, source: str, now_ms: int) -> MoMessage:
     return MoMessage(
-        id=new_event_id(),
+        id=new_event_id(now_ms),
         carrier="acme",
         source=Address(addr=source, ton=1, npi=1),
         destination=Address(addr="12345"),
@@ -49,8 +49,10 @@ async def _populate(path: Path) -> tuple[str, str, str]:
         (Outcome.PERMANENT, 410, "HTTP 410 Gone", JobState.DEAD, "447700900002"),
         (Outcome.RETRY, 503, "HTTP 503 Service Unavailable", None, "447700900003"),
     ]
-    for outcome, code, error, final, source in outcomes:
-        mo = make_mo(f"secret words from {source}", source)
+    # One millisecond apart: ids (UUIDv7) order by their millisecond, randomly within one.
+    base_ms = int(time.time() * 1000)
+    for n, (outcome, code, error, final, source) in enumerate(outcomes):
+        mo = make_mo(f"secret words from {source}", source, base_ms + n)
         await store.persist(PersistItem(event=mo, destinations=("crm",)))
         (claimed,) = await store.claim_due("crm", time.time() + 1, 1)
         await store.record_attempt(
