@@ -61,7 +61,10 @@ job updates, event statuses computed in SQL), whatever the batch size.
 When the writer is not running (command-line tools, tests) a write runs as its own
 transaction in a thread.
 
-Reads use a second connection (WAL lets readers run beside the writer), in a thread.
+Reads use a second connection (WAL lets readers run beside the writer), in a thread;
+point lookups by an index (a message, a part, a lane's next due time: once per message on
+the outbound and receipt paths) run inline under ``"auto"`` while recent ones are fast,
+by the same p90 rule as commits (:data:`INLINE_READ_MAX`).
 
 Time: every timestamp is wall-clock epoch seconds from the injected ``wall_clock``.
 
@@ -127,6 +130,7 @@ RESPONSE_EXCERPT_MAX: Final = 1024  # bytes of UTF-8 kept of a peer's answer
 ERROR_MAX: Final = 1024
 COMMIT_WINDOW: Final = 50  # commits the adaptive inline/thread choice looks back on
 INLINE_COMMIT_MAX: Final = 0.002  # s: commit inline while the p90 commit is faster
+INLINE_READ_MAX: Final = 0.001  # s: point reads inline while the p90 of recent ones is faster
 
 
 # --------------------------------------------------------------------------- errors
@@ -696,6 +700,29 @@ _RECORD_JOB: Final = (
 )
 
 
+class _RecentTimes:
+    """The last :data:`COMMIT_WINDOW` durations of one kind of call, and whether their p90
+    is under ``limit`` (fewer than 10% of them were slower): the inline/thread choice."""
+
+    __slots__ = ("limit", "slow", "times")
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.times: deque[float] = deque()
+        self.slow = 0
+
+    def note(self, seconds: float) -> None:
+        times = self.times
+        times.append(seconds)
+        if seconds >= self.limit:
+            self.slow += 1
+        if len(times) > COMMIT_WINDOW and times.popleft() >= self.limit:
+            self.slow -= 1
+
+    def fast(self) -> bool:
+        return self.slow * 10 < max(len(self.times), 1)
+
+
 class _Op:
     """One queued write: a function of the write connection, and its outcome."""
 
@@ -804,9 +831,10 @@ class SqliteStore(Store):
         self.commit_seconds: list[float] = []  # recent commit durations (bounded)
         self.inline_commits = 0  # commits run on the event loop (for tests)
         self.relaxed_commits = 0  # commits made with _relaxed_mode (for tests and metrics)
-        # Adaptive commit: the last COMMIT_WINDOW COMMIT durations, and how many were slow.
-        self._commit_times: deque[float] = deque()
-        self._slow_commits = 0
+        # Adaptive inline/thread choice: recent COMMIT and point-read durations.
+        self._commit_times = _RecentTimes(INLINE_COMMIT_MAX)
+        self._read_times = _RecentTimes(INLINE_READ_MAX)
+        self.inline_reads = 0  # point reads run on the event loop (for tests)
         self._taker: JobTaker | None = None
 
     def _connect(self) -> sqlite3.Connection:
@@ -892,17 +920,11 @@ class SqliteStore(Store):
 
     def _commit_inline(self) -> bool:
         if self.use_thread == "auto":
-            # p90 < INLINE_COMMIT_MAX <=> fewer than 10% of the recent commits were slower
-            return self._slow_commits * 10 < max(len(self._commit_times), 1)
+            return self._commit_times.fast()
         return not self.use_thread
 
     def _note_commit_time(self, seconds: float) -> None:
-        times = self._commit_times
-        times.append(seconds)
-        if seconds >= INLINE_COMMIT_MAX:
-            self._slow_commits += 1
-        if len(times) > COMMIT_WINDOW and times.popleft() >= INLINE_COMMIT_MAX:
-            self._slow_commits -= 1
+        self._commit_times.note(seconds)
 
     def _commit_now(self) -> None:
         """COMMIT (the fsync, any WAL checkpoint) in the calling thread."""
@@ -1083,15 +1105,36 @@ class SqliteStore(Store):
         result: T = op.result
         return result
 
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _read(self, fn: Callable[[sqlite3.Connection], T], *, point: bool = False) -> T:
+        """Run a query on the read connection, in a thread (see :meth:`_offload`).
+
+        ``point``: a lookup by key through an index (a message, a part, a lane's next due
+        time), made once per message on the outbound and receipt paths. With
+        ``use_thread="auto"`` it runs inline while recent point reads are fast (the same
+        p90 rule as commits, :data:`INLINE_READ_MAX`): the thread hop costs more than the
+        read. Any other read (listings, stats, history) always takes the thread."""
+
         def call() -> T:
+            start = time.perf_counter()
             try:
                 return fn(self._rconn)
             except sqlite3.Error as exc:
                 raise StoreError(f"store read failed: {exc}") from exc
+            finally:
+                if point:
+                    self._read_times.note(time.perf_counter() - start)
 
         async with self._read_lock:
+            if point and self._read_inline():
+                self.inline_reads += 1
+                await trio.lowlevel.checkpoint()
+                return call()
             return await self._offload(call)
+
+    def _read_inline(self) -> bool:
+        if self.use_thread == "auto":
+            return self._read_times.fast()
+        return not self.use_thread
 
     # ----------------------------------------------------------------- persist
 
@@ -1335,7 +1378,7 @@ class SqliteStore(Store):
             ).fetchone()
             return None if row is None or row[0] is None else float(row[0])
 
-        return await self._read(query)
+        return await self._read(query, point=True)
 
     async def requeue_inflight(self) -> int:
         def op(conn: sqlite3.Connection, op: _Op) -> int:
@@ -1665,7 +1708,7 @@ class SqliteStore(Store):
             ).fetchall()
             return message, [_part_record(p) for p in parts]
 
-        return await self._read(query)
+        return await self._read(query, point=True)
 
     async def find_message_part(
         self, carrier: str, normalized_id: str, *, exact: str | None = None
@@ -1686,7 +1729,7 @@ class SqliteStore(Store):
                 ).fetchone()
             return None if row is None else _part_record(row)
 
-        return await self._read(query)
+        return await self._read(query, point=True)
 
     async def set_message_part_status(self, message_id: str, part: int, status: str) -> None:
         def fn(conn: sqlite3.Connection, op: _Op) -> None:

@@ -604,6 +604,43 @@ async def test_adaptive_commit_inline_while_fast_thread_while_slow(
     assert SqliteStore(tmp_path / "i.db", use_thread=False)._commit_inline() is True
 
 
+async def test_point_reads_inline_while_fast_other_reads_in_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = SqliteStore(tmp_path / "g.db", synchronous="OFF")  # use_thread="auto"
+    hops: list[object] = []
+    real = trio.to_thread.run_sync
+
+    async def counting(fn: object, *args: object, **kw: object) -> object:
+        hops.append(fn)
+        return await real(fn, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", counting)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(s.run)
+        await s.persist(item())
+        hops.clear()
+        assert await s.next_due_at("crm") is not None
+        assert await s.find_message_part("acme", "123") is None
+        with pytest.raises(LookupError):
+            await s.get_message("nope")
+        assert (s.inline_reads, hops) == (3, [])  # point lookups: no thread hop
+        assert len((await s.list_events()).items) == 1
+        assert len(hops) == 1  # a listing always takes the thread
+        for _ in range(50):  # reads turn slow: p90 over 1 ms
+            s._read_times.note(0.01)
+        await s.next_due_at("crm")
+        assert (s.inline_reads, len(hops)) == (3, 2)
+        for _ in range(50):  # the thread read's own time counts too: fast again
+            await s.next_due_at("crm")
+        assert s._read_times.fast()
+        assert s.inline_reads > 3
+        nursery.cancel_scope.cancel()
+    s.close()
+    assert SqliteStore(tmp_path / "t.db", use_thread=True)._read_inline() is False
+    assert SqliteStore(tmp_path / "i.db", use_thread=False)._read_inline() is True
+
+
 async def test_record_attempts_records_a_batch_in_one_write(
     store: SqliteStore, wall: FakeWall
 ) -> None:
