@@ -314,19 +314,27 @@ class Daemon:
 
     async def _consume(self, pdu: P.Pdu, bind: SmppBind) -> int:
         """deliver_sm -> durable event + jobs -> the status for deliver_sm_resp."""
+        carrier, options, received_at = self._receiving(bind)
+        decoded, key = self._decode(pdu, carrier.name, options, received_at)
+        return await self._ingest(carrier, decoded, key, received_at)
+
+    def _receiving(self, bind: SmppBind) -> tuple[CarrierConfig, ReceiveOptions, dt.datetime]:
+        """The carrier, decoding options and receive time for what ``bind`` just read."""
         # A bind being replaced by a reload still answers with the settings it was made from.
         carrier = self._bind_carrier.get(bind) or self.config.carriers[bind.settings.carrier]
         options = self._options.get(carrier.name) or ReceiveOptions(
             gsm_as=carrier.charset, a2p_max_digits=self.config.classify.a2p_max_digits
         )
-        received_at = dt.datetime.fromtimestamp(self.wall_clock(), dt.UTC)
-        decoded = decode_deliver(
-            pdu, carrier=carrier.name, received_at=received_at, options=options
-        )
-        kind = decoded.type
-        self.received[(carrier.name, kind)] = self.received.get((carrier.name, kind), 0) + 1
-        key = dedup_key(pdu, carrier.name)
-        return await self._ingest(carrier, decoded, key, received_at)
+        return carrier, options, dt.datetime.fromtimestamp(self.wall_clock(), dt.UTC)
+
+    def _decode(
+        self, pdu: P.Pdu, carrier: str, options: ReceiveOptions, received_at: dt.datetime
+    ) -> tuple[MoMessage | DeliveryReceipt | Part, str]:
+        """One deliver_sm decoded and counted, with its dedup key."""
+        decoded = decode_deliver(pdu, carrier=carrier, received_at=received_at, options=options)
+        counter = (carrier, decoded.type)
+        self.received[counter] = self.received.get(counter, 0) + 1
+        return decoded, dedup_key(pdu, carrier)
 
     async def _consume_batch(
         self, pdus: Sequence[P.Pdu], bind: SmppBind, answer: Callable[[int, int], None]
@@ -339,23 +347,13 @@ class Daemon:
         if len(pdus) == 1:
             answer(0, await self._consume(pdus[0], bind))
             return
-        carrier = self._bind_carrier.get(bind) or self.config.carriers[bind.settings.carrier]
+        carrier, options, received_at = self._receiving(bind)
         name = carrier.name
-        options = self._options.get(name) or ReceiveOptions(
-            gsm_as=carrier.charset, a2p_max_digits=self.config.classify.a2p_max_digits
-        )
-        received_at = dt.datetime.fromtimestamp(self.wall_clock(), dt.UTC)
         mos: list[tuple[int, MoMessage, PersistItem]] = []
         others: list[tuple[int, MoMessage | DeliveryReceipt | Part, str]] = []
-        received = self.received
         for index, pdu in enumerate(pdus):
             try:
-                decoded = decode_deliver(
-                    pdu, carrier=name, received_at=received_at, options=options
-                )
-                counter = (name, decoded.type)
-                received[counter] = received.get(counter, 0) + 1
-                key = dedup_key(pdu, name)
+                decoded, key = self._decode(pdu, name, options, received_at)
                 if isinstance(decoded, MoMessage):
                     destinations = self.router.route_mo(decoded)
                     item = PersistItem(event=decoded, destinations=destinations, dedup_key=key)

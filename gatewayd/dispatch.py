@@ -438,13 +438,11 @@ class _Lane:
             moved += n
             if n < PULL_FORWARD_BATCH:
                 break
-        if moved:
+        if moved:  # the store's job listener has woken the claim loop (notify)
             log.info(
                 "destination reachable again: retries pulled forward",
                 extra={"destination": self.name, "jobs": moved},
             )
-            self.due_at = trio.current_time()
-            self.notify()
 
     def _retries_queued(self, next_ats: list[float]) -> None:
         """Retries were queued in the store: the claim loop must look again when due."""

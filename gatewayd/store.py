@@ -85,7 +85,7 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol, TypeVar
 
@@ -639,25 +639,9 @@ def _excerpt(text: str, limit: int) -> str:
     return raw[:limit].decode("utf-8", "ignore")
 
 
-def _summarize(rows: Iterable[tuple[str, int, int | None]]) -> EventStatus:
-    """The event status from its jobs' (state, attempts, replayed_by)."""
-    states = [(JobState(s), a) for s, a, replayed in rows if replayed is None]
-    if not states:
-        return EventStatus.UNROUTED
-    if any(s in (JobState.QUEUED, JobState.INFLIGHT) and a > 0 for s, a in states):
-        return EventStatus.RETRYING
-    if any(s in (JobState.QUEUED, JobState.INFLIGHT) for s, _ in states):
-        return EventStatus.PENDING
-    if any(s is JobState.DEAD for s, _ in states):
-        return EventStatus.DEAD
-    if all(s is JobState.DROPPED for s, _ in states):
-        return EventStatus.DROPPED
-    return EventStatus.DELIVERED
-
-
-# _summarize in SQL, over the jobs of the event being updated (``events.id``): one
-# statement per event instead of a SELECT, Python and an UPDATE. tests/test_store.py
-# checks that both agree on every combination of job states.
+# The event status from its jobs (those not replaced by a replay), over the jobs of the
+# event being updated (``events.id``), in one statement. tests/test_store.py checks it
+# against a plain-Python statement of the rules on every combination of job states.
 _STATUS_SQL: Final = (
     "SELECT CASE"
     " WHEN COUNT(*) = 0 THEN 'unrouted'"

@@ -6,7 +6,7 @@ import datetime as dt
 import signal
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 
 import attrs
@@ -569,18 +569,24 @@ async def test_writer_waits_for_a_lock_off_the_event_loop(tmp_path: Path) -> Non
     s.close()
 
 
-async def test_adaptive_commit_inline_while_fast_thread_while_slow(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    s = SqliteStore(tmp_path / "g.db", synchronous="OFF")  # use_thread="auto"
-    hops: list[object] = []
+@pytest.fixture
+def hops(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every function run through ``trio.to_thread.run_sync`` (a thread hop), in order."""
+    seen: list[object] = []
     real = trio.to_thread.run_sync
 
     async def counting(fn: object, *args: object, **kw: object) -> object:
-        hops.append(fn)
+        seen.append(fn)
         return await real(fn, *args, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(trio.to_thread, "run_sync", counting)
+    return seen
+
+
+async def test_adaptive_commit_inline_while_fast_thread_while_slow(
+    tmp_path: Path, hops: list[object]
+) -> None:
+    s = SqliteStore(tmp_path / "g.db", synchronous="OFF")  # use_thread="auto"
     async with trio.open_nursery() as nursery:
         await nursery.start(s.run)
         base = s.inline_commits  # requeue_inflight at start
@@ -605,17 +611,9 @@ async def test_adaptive_commit_inline_while_fast_thread_while_slow(
 
 
 async def test_point_reads_inline_while_fast_other_reads_in_a_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, hops: list[object]
 ) -> None:
     s = SqliteStore(tmp_path / "g.db", synchronous="OFF")  # use_thread="auto"
-    hops: list[object] = []
-    real = trio.to_thread.run_sync
-
-    async def counting(fn: object, *args: object, **kw: object) -> object:
-        hops.append(fn)
-        return await real(fn, *args, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(trio.to_thread, "run_sync", counting)
     async with trio.open_nursery() as nursery:
         await nursery.start(s.run)
         await s.persist(item())
@@ -768,7 +766,23 @@ async def test_ping_fails_while_another_process_holds_the_write_lock(tmp_path: P
         store.close()
 
 
-# The event status is computed in SQL (one statement per event); _summarize is its spec.
+# The event status is computed in SQL (one statement per event); this is its spec.
+def _summarize(rows: Iterable[tuple[str, int, int | None]]) -> EventStatus:
+    """The event status from its jobs' (state, attempts, replayed_by)."""
+    states = [(JobState(s), a) for s, a, replayed in rows if replayed is None]
+    if not states:
+        return EventStatus.UNROUTED
+    if any(s in (JobState.QUEUED, JobState.INFLIGHT) and a > 0 for s, a in states):
+        return EventStatus.RETRYING
+    if any(s in (JobState.QUEUED, JobState.INFLIGHT) for s, _ in states):
+        return EventStatus.PENDING
+    if any(s is JobState.DEAD for s, _ in states):
+        return EventStatus.DEAD
+    if all(s is JobState.DROPPED for s, _ in states):
+        return EventStatus.DROPPED
+    return EventStatus.DELIVERED
+
+
 _JOB_VARIANTS = [
     (state.value, attempts, replayed)
     for state in JobState
@@ -781,7 +795,7 @@ _JOB_VARIANTS = [
 def test_status_in_sql_agrees_with_summarize_on_every_mix_of_jobs(count: int) -> None:
     import itertools
 
-    from gatewayd.store import _UPDATE_STATUS, _summarize
+    from gatewayd.store import _UPDATE_STATUS
 
     conn = sqlite3.connect(":memory:")
     conn.execute("CREATE TABLE events (id TEXT PRIMARY KEY, status TEXT)")

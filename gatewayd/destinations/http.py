@@ -73,6 +73,7 @@ from gatewayd.destinations.transport import (
     Origin,
     ResponseHead,
     check_request,
+    origin_of,
     values_ok,
 )
 from gatewayd.events import Event
@@ -453,13 +454,7 @@ class DirectSender:
         self, url: httpx.URL, plan: _UrlPlan, method: str, names: tuple[str, ...], body: bytes
     ) -> _Wire:
         # The transport's own checks, in its order: scheme, host, then the message.
-        scheme = url.scheme
-        if scheme not in ("http", "https"):
-            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}")
-        host = url.host
-        if not host:
-            raise httpx.UnsupportedProtocol("the URL has no host")
-        origin = (scheme, host, url.port or (443 if scheme == "https" else 80))
+        origin = origin_of(url)
         layout = self._layout(names)
         # The pieces of _raw() around our own headers.
         before: list[tuple[bytes, bytes]] = [(b"Host", url.netloc)] if layout.host else []

@@ -451,6 +451,10 @@ class _Connection:
                 await trio.lowlevel.wait_readable(sock)
             if scope.cancelled_caught:
                 raise wait.expired(httpx.ReadTimeout(f"read timed out after {limit}s"))
+        return self._append(data)
+
+    def _append(self, data: bytes | bytearray) -> bool:
+        """Keep what one read returned; False at EOF (nothing)."""
         if not data:
             return False
         self.got_bytes = True
@@ -466,11 +470,7 @@ class _Connection:
                 raise httpx.ReadError(_describe(exc)) from exc
         if scope.cancelled_caught:
             raise wait.expired(httpx.ReadTimeout(f"read timed out after {limit}s"))
-        if not data:
-            return False
-        self.got_bytes = True
-        self.buffer += data
-        return True
+        return self._append(data)
 
     async def read_head(
         self, limit: float | None, deadline: float = math.inf, *, just_sent: bool = False
@@ -691,13 +691,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
-        scheme = url.scheme
-        if scheme not in ("http", "https"):
-            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}")
-        host = url.host
-        if not host:
-            raise httpx.UnsupportedProtocol("the URL has no host")
-        origin = (scheme, host, url.port or (443 if scheme == "https" else 80))
+        origin = origin_of(url)
         data, body, replayable, close = _serialize(request)
         timeouts = request.extensions.get("timeout") or {}
         head, first, stream = await self.exchange(
@@ -878,6 +872,18 @@ def _serialize(request: httpx.Request) -> tuple[bytes, bytes | None, bool, bool]
     if len(content) > _SEND_SEPARATELY:
         return head, content, True, close
     return head + content, None, True, close
+
+
+def origin_of(url: httpx.URL) -> Origin:
+    """(scheme, host, port) of ``url``; ``httpx.UnsupportedProtocol`` if it is not
+    http(s) or has no host (the transport's first checks, in that order)."""
+    scheme = url.scheme
+    if scheme not in ("http", "https"):
+        raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}")
+    host = url.host
+    if not host:
+        raise httpx.UnsupportedProtocol("the URL has no host")
+    return (scheme, host, url.port or (443 if scheme == "https" else 80))
 
 
 def check_request(method: bytes, target: bytes, raw: Sequence[tuple[bytes, bytes]]) -> None:
