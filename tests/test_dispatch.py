@@ -408,18 +408,24 @@ async def test_recording_retries_while_the_store_fails(
     assert (await store.get_event(event_id)).status is EventStatus.DELIVERED
 
 
-async def test_new_jobs_are_handed_to_the_lane_without_a_claim(
-    store: SqliteStore, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    claims: list[int] = []
+@pytest.fixture
+def claims(store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many jobs each ``store.claim_due`` call took, in order."""
+    seen: list[int] = []
     real = store.claim_due
 
     async def counting(destination: str, now: float, limit: int) -> list[Any]:
         claimed = await real(destination, now, limit)
-        claims.append(len(claimed))
+        seen.append(len(claimed))
         return claimed
 
     monkeypatch.setattr(store, "claim_due", counting)
+    return seen
+
+
+async def test_new_jobs_are_handed_to_the_lane_without_a_claim(
+    store: SqliteStore, autojump_clock: trio.testing.MockClock, claims: list[int]
+) -> None:
     crm = FakeDest("crm")
     d = make_dispatcher(store, targets(crm), poll_interval=60)
     async with trio.open_nursery() as nursery:
@@ -527,17 +533,8 @@ async def test_recording_a_batch_retries_while_the_store_fails(
 
 
 async def test_a_lane_that_fell_back_to_claiming_takes_hand_offs_again(
-    store: SqliteStore, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+    store: SqliteStore, autojump_clock: trio.testing.MockClock, claims: list[int]
 ) -> None:
-    claims: list[int] = []
-    real = store.claim_due
-
-    async def counting(destination: str, now: float, limit: int) -> list[Any]:
-        claimed = await real(destination, now, limit)
-        claims.append(len(claimed))
-        return claimed
-
-    monkeypatch.setattr(store, "claim_due", counting)
     crm = FakeDest("crm")
     d = make_dispatcher(store, targets(crm, concurrency=1), poll_interval=60)
     async with trio.open_nursery() as nursery:
